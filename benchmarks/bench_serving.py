@@ -10,6 +10,9 @@
    (scan reading + patch cutting, in the scorer's main thread) and waiting for inference.
 3. ``--device cuda`` (a machine with a CUDA GPU): the handler runs on ``cuda:<gpu_id>`` and the
    in-process model on ``cuda``; nodules/s for both at each of ``--batch-sizes``.
+4. Explainability cost: latency of one ``/explanations`` request divided by one ``/predictions``
+   request on the same ``--explain-patches`` patches (sequential, interleaved, median of
+   ``--explain-repeats``); printed, no target.
 
 Usage: ``python benchmarks/bench_serving.py --device cpu`` (starts and stops its own TorchServe; only
 one TorchServe may run per machine). Prints the figures and writes ``<workdir>/bench_serving.json``.
@@ -119,6 +122,23 @@ def served_rate(client, X: np.ndarray, batch: int, repeats: int, concurrency: in
     return len(X) / best, probs
 
 
+def explain_latency(client, X: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median latency (s) of one predictions and one explanations request on the same patches, and their ratio."""
+    client.predict(X)
+    client.explain(X)  # warm-up (first explanation request loads the maps code in the worker)
+    pred, expl = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        client.predict(X)
+        pred.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        answers = client.explain(X)
+        expl.append(time.perf_counter() - t)
+    assert all("cam" in a for a in answers)
+    p, e = float(np.median(pred)), float(np.median(expl))
+    return {"patches": len(X), "predict_s": p, "explain_s": e, "ratio": e / p}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -133,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-scans", type=int, default=100)
     ap.add_argument("--per-scan", type=int, default=10)
     ap.add_argument("--skip-csv", action="store_true")
+    ap.add_argument("--explain-patches", type=int, default=8, help="patches per request in the explain-cost check")
+    ap.add_argument("--explain-repeats", type=int, default=5)
     args = ap.parse_args(argv)
 
     import torch
@@ -196,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"in-process PyTorch : {local_rate:8.1f} nodules/s")
             print(f"through TorchServe : {ts_rate:8.1f} nodules/s")
             print(f"ratio              : {ts_rate / local_rate:8.3f} (target >= 0.85); max |prob diff| {diff:.2e}")
+
+            lat = explain_latency(client, X[: args.explain_patches], args.explain_repeats)
+            report["explain_latency"] = lat
+            print(f"explain cost       : {lat['patches']} patches per request: predictions "
+                  f"{lat['predict_s'] * 1e3:.1f} ms, explanations {lat['explain_s'] * 1e3:.1f} ms, "
+                  f"ratio {lat['ratio']:.2f}")
 
             if device == "cuda":
                 sweep = {}

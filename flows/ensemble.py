@@ -8,8 +8,8 @@ Flows (each takes the path of a params file; tasks pass paths / ids / small dict
 * ``evaluate`` — per-fold / mean ± std metrics, ensemble-size curve, plots (``metrics.json``).
 * ``register_and_promote`` — register the ensemble (alias ``challenger``, lineage tags, model card), then
   the promotion gate (validation passed and F1 within tolerance of the champion) -> ``champion``.
-* ``retrain`` — validate data -> (optionally) re-run the POP search -> train -> evaluate -> register ->
-  gate -> promote. Fails early, before training, when data validation fails (champion unchanged).
+* ``retrain`` — validate data -> (optionally) re-run the search (``search.strategy``) -> train -> evaluate ->
+  register -> gate -> promote. Fails early, before training, when data validation fails (champion unchanged).
 
 Deployment: ``python -m flows.ensemble serve [--params params.yaml]`` serves ``retrain`` with the cron
 schedule ``registry.cron`` (concurrency 1) against ``PREFECT_API_URL`` (a ``prefect server start`` on
@@ -57,9 +57,9 @@ def validate_data(params_path: str) -> dict[str, Any]:
 def train_member_task(params_path: str, spec_json: str, spec_id: str, fold: int, data_hash: str) -> dict[str, Any]:
     """Train one member (or return it from the on-disk cache); returns its record as a dict."""
     from naslung.ensemble.training import train_member
-    from naslung.models.spec import ArchSpec
+    from naslung.models.factory import spec_from_json
 
-    rec = train_member(_params(params_path), ArchSpec.from_json(spec_json), fold, data_hash, log=True)
+    rec = train_member(_params(params_path), spec_from_json(spec_json), fold, data_hash, log=True)
     if rec.cached:
         print(f"member {spec_id} fold {fold}: cached ({rec.dir})")
     return asdict(rec)
@@ -68,10 +68,10 @@ def train_member_task(params_path: str, spec_json: str, spec_id: str, fold: int,
 @task(name="save-ensemble", cache_policy=NO_CACHE)
 def save_ensemble_task(params_path: str, spec_jsons: list[str], records: list[dict[str, Any]], data: dict[str, Any]) -> str:
     from naslung.ensemble.training import INDEX_FILE, MemberRecord, write_index
-    from naslung.models.spec import ArchSpec
+    from naslung.models.factory import spec_from_json
 
     params = _params(params_path)
-    write_index(params, [ArchSpec.from_json(s) for s in spec_jsons], [MemberRecord(**r) for r in records], data)
+    write_index(params, [spec_from_json(s) for s in spec_jsons], [MemberRecord(**r) for r in records], data)
     return str(Path(params.ensemble.out_dir) / INDEX_FILE)
 
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--name", help="override registry.deployment")
     r = sub.add_parser("retrain", help="run the retrain flow once, now")
     r.add_argument("--params", default=os.environ.get("NASLUNG_PARAMS", "params.yaml"))
-    r.add_argument("--search", action="store_true", help="re-run the POP search first")
+    r.add_argument("--search", action="store_true", help="re-run the search (search.strategy) first")
     args = parser.parse_args(argv)
     if args.cmd == "serve":
         serve(args.params, args.cron, args.name)

@@ -1,4 +1,12 @@
-"""Prefect 3 flow ``search``: Partial Order Pruning with each candidate a task, tracked in MLflow, resumable.
+"""Prefect 3 flow ``search``: the architecture search of ``search.strategy``, tracked in MLflow, resumable.
+
+``search.strategy: pop`` (default) runs Partial Order Pruning with each candidate a task (below);
+``search.strategy: dnas`` runs the differentiable search (:func:`naslung.search.dnas_run.run_dnas_search`:
+supernet search, the ``dnas.derive_k`` derived architectures retrained from scratch and scored on the
+validation fold, never the test fold) in the flow, tracked by
+:class:`naslung.search.dnas_tracking.MlflowDnasTracker` (experiment ``dnas.experiment``: one parent run,
+one nested run per derived model). Both write front.json, selected.json, pareto.png and summary.json
+(with ``strategy``) into ``out_dir``.
 
 * The POP loop (:func:`naslung.search.pop.run_pop`) runs in the flow; each iteration submits
   ``search.batch_size`` candidate tasks (``train-candidate``, with retries) and waits for them.
@@ -14,15 +22,15 @@
   left RUNNING as KILLED, reads the FINISHED candidate runs back, and replays the seeded search with them
   as known results — none is retrained, and the search reaches the same front as an uninterrupted run.
 
-The default search id is a hash of everything that changes results (search space/epochs/seed, model,
-train and latency params, latency source and the patch store path) — budget, patience and runner are left
-out, so rerunning the same command after a crash resumes it, and a larger budget extends it.
+The default search id (:func:`naslung.search.ids.default_search_id`) is a hash of everything that changes
+results: the strategy's params (POP: search space/epochs, model; DNAS: the ``dnas`` section), train and
+latency params, seed, latency source and the md5 of the patch store's ``manifest.csv`` and ``patches.npy``
+— so new data gives a new id wherever it lives, while budget, patience and runner are left out: rerunning
+the same command on the same data after a crash resumes it, and a larger budget extends it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -34,20 +42,13 @@ for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENA
 from prefect import flow, task  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from naslung.params import Params, parse_params, to_dict  # noqa: E402
-
-_NOT_IN_ID = ("budget", "patience", "runner", "dask_address", "dask_workers", "out_dir", "batch_size", "k_select")
+from naslung.params import SEARCH_STRATEGIES, Params, parse_params, to_dict  # noqa: E402
+from naslung.search import ids  # noqa: E402
 
 
 def default_search_id(params: Params, artifacts: str) -> str:
-    """Stable id of a search configuration (see module docstring)."""
-    d = to_dict(params)
-    blob = {
-        "search": {k: v for k, v in d["search"].items() if k not in _NOT_IN_ID},
-        "model": d["model"], "train": d["train"], "latency": d["latency"], "seed": d["seed"],
-        "prepare_folds": d["prepare"]["n_folds"], "artifacts": str(Path(artifacts).resolve()),
-    }
-    return "pop-" + hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:10]
+    """Stable id of a search configuration on the data in ``artifacts`` (see module docstring)."""
+    return ids.default_search_id(params, artifacts)
 
 
 @task(name="train-candidate", retries=2, retry_delay_seconds=2, task_run_name="candidate-{spec_id}")
@@ -87,7 +88,10 @@ def search(
     tracking_uri: str,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """POP search; writes front/selected/summary JSON and the Pareto plot to ``out_dir``; returns the summary."""
+    """The search of ``search.strategy``; writes front/selected/summary JSON and the Pareto plot to
+    ``out_dir``; returns the summary."""
+    if parse_params(params_dict).search.strategy == "dnas":
+        return _dnas_search(params_dict, search_id, artifacts, out_dir, tracking_uri, progress)
     from naslung.search import tracking as st
     from naslung.search.candidate import CandidateRecord, LatencyCache, latency_unit, spec_latency, stages_key
     from naslung.search.outputs import write_outputs
@@ -167,6 +171,7 @@ def search(
         from prefect.runtime import flow_run
 
         summary: dict[str, Any] = {
+            "strategy": "pop",
             "search_id": search_id,
             "flow_run_id": str(flow_run.id),
             "parent_run_id": parent,
@@ -209,6 +214,29 @@ def search(
     return summary
 
 
+def _dnas_search(
+    params_dict: dict[str, Any], search_id: str, artifacts: str, out_dir: str, tracking_uri: str, progress: bool
+) -> dict[str, Any]:
+    """Body of the flow for ``search.strategy: dnas`` (runs inside the ``search`` flow run)."""
+    from prefect.runtime import flow_run
+
+    from naslung.search.dnas_run import run_dnas_search
+    from naslung.search.dnas_tracking import MlflowDnasTracker, tracker_params
+
+    params = parse_params(params_dict)
+    tracker = MlflowDnasTracker(tracking_uri, params.dnas.experiment, search_id, tracker_params(params, search_id))
+    result = run_dnas_search(
+        params, artifacts, out_dir, search_id, tracker=tracker,
+        pop_front_path=Path(params.search.out_dir) / "front.json", progress=progress,
+        extra_summary={"flow_run_id": str(flow_run.id)},
+    )
+    if progress:
+        s = result.summary
+        print(f"done: {s['trained']} derived model(s) ({s['reused']} reused), front {s['front_size']}, "
+              f"best {s['best_spec']} val acc {s['best_accuracy']:.3f}")
+    return result.summary
+
+
 def task_runner_for(params: Params) -> Any:
     """Prefect task runner for ``search.runner`` (``local`` or ``dask``)."""
     sp = params.search
@@ -234,7 +262,10 @@ def run_search(
     out_dir: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the ``search`` flow with the task runner chosen by ``params.search.runner``; returns the summary."""
+    """Run the ``search`` flow (strategy ``params.search.strategy``) with the task runner chosen by
+    ``params.search.runner``; returns the summary."""
+    if params.search.strategy not in SEARCH_STRATEGIES:
+        raise ValueError(f"params search.strategy: expected one of {SEARCH_STRATEGIES}, got {params.search.strategy!r}")
     artifacts = str(artifacts or params.paths.artifacts)
     sid = search_id or default_search_id(params, artifacts)
     flow_fn = search.with_options(task_runner=task_runner_for(params), flow_run_name=f"search-{sid}")
@@ -250,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from naslung.commands.search import add_arguments, run
 
-    parser = argparse.ArgumentParser(prog="python -m flows.search", description="POP search flow")
+    parser = argparse.ArgumentParser(prog="python -m flows.search", description="search flow (POP or DNAS)")
     parser.add_argument("--params", default=os.environ.get("NASLUNG_PARAMS", "params.yaml"))
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -103,9 +105,15 @@ class LatencyParams:
     """Repeated measurements for the repeatability figure (``naslung latency``)."""
 
 
+SEARCH_STRATEGIES = ("pop", "dnas")
+
+
 @dataclass(frozen=True)
 class SearchParams:
     strategy: str = "pop"
+    """pop: Partial Order Pruning over NASLung nets (:mod:`naslung.search.pop`); dnas: differentiable search
+    over MBConv nets (``dnas`` section, :mod:`naslung.search.dnas_run`). Both write the same outputs into
+    ``out_dir``."""
     epochs: int = 10
     budget: int = 12
     patience: int = 6
@@ -170,10 +178,13 @@ class ServeParams:
 class EnsembleParams:
     """Ensemble training and evaluation (``naslung ensemble train`` / ``naslung evaluate``)."""
 
-    members: str = "search/selected.json"
-    """JSON list of member specs written by the search (dicts or spec strings)."""
-    specs: tuple[str, ...] = ()
-    """Explicit member spec strings; when non-empty they replace ``members``."""
+    members: str | tuple[str, ...] = "search/selected.json"
+    """Selection file(s) written by the search: one path or a list of paths (e.g. the POP selection
+    ``search/selected.json`` and the DNAS selection ``search/dnas/selected.json``), their members
+    concatenated; each a JSON list of member specs (dicts, ``{"kind": "dnas", ...}`` dicts or spec strings)."""
+    specs: tuple[str | dict[str, Any], ...] = ()
+    """Explicit member specs (spec strings or DNAS arch dicts ``{"kind": "dnas", "space": .., "ops": ..}``);
+    when non-empty they replace ``members``."""
     cbam: bool = True
     """CBAM flag for bare-list specs (reference strings carry their own prefix)."""
     head: str = "asoftmax"
@@ -206,14 +217,15 @@ class RegistryParams:
     cron: str = "0 3 * * 0"
     """Cron schedule of the served ``retrain`` deployment."""
     rerun_search: bool = False
-    """``retrain`` flow: re-run the POP search before training the members."""
+    """``retrain`` flow: re-run the search (``search.strategy``) before training the members."""
     deployment: str = "retrain"
     """Name of the served Prefect deployment of ``retrain``."""
 
 
 @dataclass(frozen=True)
 class DnasParams:
-    """Differentiable architecture search (``naslung dnas``); see :mod:`naslung.search.dnas`."""
+    """Differentiable architecture search (``naslung dnas``, or ``naslung search`` with ``search.strategy: dnas``);
+    see :mod:`naslung.search.dnas` and :mod:`naslung.search.dnas_run`."""
 
     epochs: int = 8
     """Supernet search epochs (τ anneals over them)."""
@@ -247,7 +259,8 @@ class DnasParams:
     retrain_epochs: int = 10
     """Epochs of each derived model's retraining (early stopping: train.patience)."""
     out_dir: str = "search/dnas"
-    """Folder for dnas.json (α, history, derived models), dnas_front.png."""
+    """Output folder of ``naslung dnas`` (front.json, selected.json, pareto.png, summary.json, dnas.json with
+    α and history). ``naslung search`` with ``search.strategy: dnas`` writes into ``search.out_dir`` instead."""
     experiment: str = "naslung-search"
     """MLflow experiment: the same as POP, so both strategies' runs sit side by side."""
 
@@ -291,6 +304,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"params: '{where}' must be a mapping, got {value!r}")
         return _build(tp, value, where)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        # e.g. ``str | tuple[str, ...]``: a YAML list becomes the tuple member, anything else stays as it is
+        if isinstance(value, (list, tuple)):
+            for arg in typing.get_args(tp):
+                if typing.get_origin(arg) is tuple:
+                    return _coerce(arg, value, where)
+        return value
     origin = getattr(tp, "__origin__", None)
     if origin is tuple:
         args = getattr(tp, "__args__", ())

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,44 +94,41 @@ def input_example() -> np.ndarray:
 
 
 def configure(params: Params, experiment: str | None = None) -> str:
-    """Tracking + registry URI (``MLFLOW_TRACKING_URI`` or ``paths.mlflow_uri``) and the experiment.
+    """Tracking + registry URI (``MLFLOW_TRACKING_URI`` or ``paths.mlflow_uri``) and the experiment
+    (default ``ensemble.experiment``); see :func:`naslung.tracking.configure`."""
+    from naslung import tracking
 
-    For a database store (sqlite / postgresql, no server) a new experiment keeps its artifacts under
-    ``paths.mlflow_artifacts`` instead of ``./mlruns``.
-    """
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    uri = params.mlflow_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    name = experiment or params.ensemble.experiment
-    if not uri.startswith(("http://", "https://", "databricks")) and mlflow.get_experiment_by_name(name) is None:
-        root = Path(params.paths.mlflow_artifacts).resolve() / name
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            mlflow.create_experiment(name, artifact_location=root.as_uri())
-        except MlflowException:  # created concurrently
-            pass
-    mlflow.set_experiment(name)
-    return uri
+    return tracking.configure(params.mlflow_uri, experiment or params.ensemble.experiment, params.paths.mlflow_artifacts)
 
 
 # --- lineage -------------------------------------------------------------------------------------------
 
 
 def search_run_id(params: Params) -> str | None:
-    """MLflow run id of the search that selected the members (``<search.out_dir>/summary.json``)."""
-    summary = Path(params.search.out_dir) / "summary.json"
-    if not summary.is_file():
+    """MLflow run id(s) of the search(es) that selected the members: ``parent_run_id`` of the
+    ``summary.json`` beside each selection file of ``ensemble.members`` (one id, or a JSON list when the
+    ensemble mixes selections, e.g. POP and DNAS); None for explicit ``ensemble.specs``."""
+    if params.ensemble.specs:
         return None
-    data = json.loads(summary.read_text(encoding="utf-8"))
-    rid = data.get("parent_run_id") or data.get("run_id")
-    return str(rid) if rid else None
+    files = [params.ensemble.members] if isinstance(params.ensemble.members, str) else list(params.ensemble.members)
+    ids: list[str] = []
+    for sel in files:
+        summary = Path(sel).parent / "summary.json"
+        if summary.is_file():
+            data = json.loads(summary.read_text(encoding="utf-8"))
+            rid = data.get("parent_run_id") or data.get("run_id")
+            if rid and str(rid) not in ids:
+                ids.append(str(rid))
+    if not ids:
+        return None
+    return ids[0] if len(ids) == 1 else json.dumps(ids)
 
 
-def validation_status(params: Params) -> tuple[bool, str]:
-    """(passed, reason) from ``<paths.artifacts>/validation.json``; absent means not validated."""
+def validation_status(params: Params, data_md5: dict[str, str] | None = None) -> tuple[bool, str]:
+    """(passed, reason) from ``<paths.artifacts>/validation.json``; absent means not validated.
+
+    With ``data_md5`` (``{"manifest": .., "patches": ..}`` of the data the model was trained on) the verdict
+    only counts when it was made on that same data."""
     path = Path(params.paths.artifacts) / "validation.json"
     if not path.is_file():
         return False, f"{path} not found: the data was not validated (run `naslung validate`)"
@@ -138,6 +136,13 @@ def validation_status(params: Params) -> tuple[bool, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         return False, f"{path} is not valid JSON: {exc}"
+    if data_md5 is not None:
+        seen = data.get("md5") or {}
+        differ = [k for k in ("manifest", "patches") if seen.get(k) != data_md5.get(k)]
+        if differ:
+            return False, (f"{path} is about other data than the model was trained on ({', '.join(differ)} md5 "
+                           f"{[seen.get(k) for k in differ]} vs {[data_md5.get(k) for k in differ]}); "
+                           "run `naslung validate` on the current data")
     if data.get("success") is True:
         return True, f"{path}: success"
     failed = [k for k, v in (data.get("suites") or {}).items() if isinstance(v, dict) and not v.get("success")]
@@ -160,7 +165,7 @@ def lineage(params: Params, index: dict[str, Any], metrics: dict[str, Any], sear
 
     data = index["data"]
     deploy = [m for m in index["members"] if m["fold"] == index["deploy_fold"]]
-    validated, reason = validation_status(params)
+    validated, reason = validation_status(params, data["md5"])
     ens = metrics["ensemble"]
     tags = {
         "data.hash": data["hash"],
@@ -183,6 +188,16 @@ def lineage(params: Params, index: dict[str, Any], metrics: dict[str, Any], sear
         "validation_reason": reason,
     }
     return {TAG + k: str(v)[:5000] for k, v in tags.items()}
+
+
+def _spec_text(spec: Any) -> str:
+    """Short readable form of a member spec (reference string; ``dnas[...]`` for DNAS-derived members)."""
+    from naslung.models.factory import spec_from_dict
+
+    try:
+        return spec_from_dict(spec).ref_string() if isinstance(spec, dict) else str(spec)
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(spec)
 
 
 def model_card(params: Params, index: dict[str, Any], metrics: dict[str, Any], tags: dict[str, str]) -> str:
@@ -211,7 +226,7 @@ def model_card(params: Params, index: dict[str, Any], metrics: dict[str, Any], t
     refs = {m["name"]: m for m in index["members"] if m["fold"] == index["deploy_fold"]}
     for name, m in metrics["members"].items():
         lat = ", ".join(f"b{b}: {v:.2f}" for b, v in (refs.get(name, {}).get("latency_ms_per_nodule") or {}).items())
-        lines.append(f"| {name} | `{m['spec']}` | {m['n_params']} | {lat} |")
+        lines.append(f"| {name} | `{_spec_text(m['spec'])}` | {m['n_params']} | {lat} |")
     lines += [
         "",
         f"## Metrics (test folds {metrics['folds']}, each member trained without its test fold)",
@@ -235,6 +250,9 @@ def model_card(params: Params, index: dict[str, Any], metrics: dict[str, Any], t
         "- Labels are the mean of up to four LIDC readers' malignancy ratings (indeterminate nodules "
         "excluded), not pathology.",
         "- Small test folds: fold-to-fold spread is large; compare mean ± std, not single folds.",
+        *([f"- Test folds {metrics['selection_leak_folds']} were training/validation data of the architecture "
+           f"search (it held out fold {params.search.fold} only): their figures are optimistic."]
+          if metrics.get("selection_leak_folds") else []),
         "",
         "## Reproduce",
         reproduce_text(params, tags),
@@ -263,6 +281,27 @@ class Registration:
     run_id: str
     model_uri: str
     tags: dict[str, str]
+
+
+def log_explain_panel(params: Params, ensemble: Any, fold: int) -> str | None:
+    """Log the Fig. 5 analogue of ``ensemble`` (mean member CAM / stage-2 attention of correctly and wrongly
+    classified nodules per class, map-mass figure) on test fold ``fold`` into the active run's ``explain/``;
+    returns the artifact path of the CAM panel, or None (with a warning) when no map can be made."""
+    from naslung.data.store import PatchStore
+    from naslung.explain.panel import explain_test_fold
+
+    try:
+        store = PatchStore.open(params.paths.artifacts)
+        with tempfile.TemporaryDirectory(prefix="naslung-explain-") as tmp:
+            summary = explain_test_fold(ensemble, store, params.prepare.n_folds, fold, params.seed, tmp,
+                                        title=f"{params.registry.name} ({len(ensemble)} members)")
+            mlflow.log_artifacts(tmp, "explain")
+    except (FileNotFoundError, TypeError, ValueError) as exc:  # no patch store / a member without maps
+        warnings.warn(f"register: no explainability panel logged: {exc}", stacklevel=2)
+        return None
+    mlflow.log_metrics({f"explain.{k}_mass_ratio": float(summary[k]["ratio_of_means"])
+                        for k in ("CAM", "attention") if k in summary})
+    return "explain/panel_cam.png"
 
 
 def register(params: Params, search_id: str | None = None, metrics_path: str | Path | None = None) -> Registration:
@@ -301,6 +340,7 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
         for plot in sorted((Path(params.paths.artifacts) / "plots").glob("ensemble_*.png")):
             mlflow.log_artifact(str(plot), "plots")
         mlflow.log_text(card, "model_card.md")
+        panel = log_explain_panel(params, ensemble, int(index["deploy_fold"]))
         with tempfile.TemporaryDirectory(prefix="naslung-register-") as tmp:
             card_path = Path(tmp) / "model_card.md"
             card_path.write_text(encoding="utf-8", data=card)
@@ -319,6 +359,8 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     client.set_model_version_tag(name, version, TAG + "register_run_id", run.info.run_id)
+    if panel:
+        client.set_model_version_tag(name, version, TAG + "explain_panel", panel)
     description = (
         f"NASLung ensemble of {len(ensemble)} members ({', '.join(ensemble.member_names)}), test-fold mean F1 "
         f"{tags[TAG + 'f1_mean']} over folds {metrics['folds']}. Registered by run {run.info.run_id}; member "
@@ -329,6 +371,33 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
     client.set_registered_model_alias(name, CHALLENGER, version)
     print(f"registered {name} version {version} (alias {CHALLENGER}); run {run.info.run_id}")
     return Registration(name, version, run.info.run_id, info.model_uri, tags)
+
+
+def download_ensemble(params: Params, dest: Path, alias: str | None = None,
+                      version: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Download the ``ensemble`` artifact of ``registry.name`` at ``alias`` or ``version`` into ``dest``.
+
+    Returns (ensemble dir, {"version", "run_id", "source", "aliases"}); ``serve package`` builds the .mar
+    from it.
+    """
+    import yaml
+
+    if (alias is None) == (version is None):
+        raise ValueError("give exactly one of alias / version")
+    configure(params)
+    name = params.registry.name
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    uri = f"models:/{name}/{mv.version}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    if "ensemble" not in artifacts:
+        raise ValueError(f"{uri}: the registered model has no 'ensemble' artifact (found {sorted(artifacts)})")
+    ens_dir = local / artifacts["ensemble"]["path"]
+    meta = {"version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
+            "aliases": list(getattr(mv, "aliases", []) or [])}
+    return ens_dir, meta
 
 
 # --- gate / promotion / rollback ------------------------------------------------------------------------
@@ -409,6 +478,9 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
         ok = f1 >= cf1 - tol
         reason = (f"mean F1 {f1:.4f} {'>=' if ok else '<'} champion v{champ.version} {cf1:.4f} - tolerance {tol} "
                   f"on folds {common}")
+        mine_data, their_data = mv.tags.get(TAG + "data.hash"), champ.tags.get(TAG + "data.hash")
+        if mine_data != their_data:  # said, not hidden: new data means other test sets behind the same fold ids
+            reason += f" (evaluated on other data: champion data {their_data}, challenger data {mine_data})"
         d = GateDecision(name, v, ok, reason, f1, str(champ.version), cf1, tol)
     if d.promoted:
         if champ is not None:

@@ -14,6 +14,14 @@ Input CSV: ``seriesuid``, ``coordX``, ``coordY``, ``coordZ`` (world mm, x/y/z) a
    ``votes``, ``model_version``, ``status`` (ok / error; ``pending`` only in a checkpoint of an
    interrupted run) and ``error``. The output is rewritten atomically every few seconds, so a killed
    run can resume: rows already ``ok`` in an existing output (same input values) are not re-sent.
+
+With ``explain`` (``naslung score --explain``) the patches go to TorchServe's Explanations API
+(``/explanations/<model>``, answers carry CAMs, see :mod:`naslung.scoring`) and every ok row gets a PNG
+overlay (axial / coronal / sagittal views of the patch with the ensemble's CAM, P(malignant) in the
+title) in ``<out stem>_explain/row<row>_<nodule_id or row>.png`` beside the results CSV; the extra
+column ``explain_png`` holds its path relative to the results CSV's folder (empty for error rows). A row
+whose answer has no usable map, or whose PNG cannot be written, becomes an error row saying so (its
+probability is kept). On resume, an ok row is kept only when its PNG still exists.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,9 +46,10 @@ from tqdm import tqdm
 
 from naslung.checks.nodule_csv import check_nodule_csv
 from naslung.params import PrepareParams, ServeParams
-from naslung.scoring import encode_payload
+from naslung.scoring import decode_map, encode_payload
 
 RESULT_COLUMNS = ("probability", "label", "votes", "model_version", "status", "error")
+EXPLAIN_COLUMN = "explain_png"
 CHECKPOINT_EVERY_S = 5.0
 
 logger = logging.getLogger(__name__)
@@ -57,8 +67,11 @@ class ServingError(RuntimeError):
 class ServingClient:
     """Thread-safe client of one TorchServe model: keep-alive connection per thread, bearer token.
 
-    ``predict(patches)`` posts the ``.npy`` payload (see :mod:`naslung.scoring`) and returns one dict
-    per patch (probability, label, votes, member_probs, model_name, model_version).
+    ``predict(patches)`` posts the ``.npy`` payload (see :mod:`naslung.scoring`) to
+    ``/predictions/<model>`` and returns one dict per patch (probability, label, votes, member_probs,
+    model_name, model_version); ``explain(patches)`` posts it to ``/explanations/<model>`` and each dict
+    also holds ``cam``, ``attention`` and ``explain_target`` (decode the maps with
+    :func:`naslung.scoring.decode_map`).
     """
 
     def __init__(self, base_url: str, model_name: str, key: str | None, timeout_s: float = 120.0,
@@ -67,6 +80,7 @@ class ServingClient:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.path = f"/predictions/{model_name}"
+        self.explain_path = f"/explanations/{model_name}"
         self.key = key
         self.timeout_s = timeout_s
         self.retries = retries
@@ -85,8 +99,9 @@ class ServingClient:
             conn.close()
         self._local.conn = None
 
-    def post(self, body: bytes, auth: bool = True) -> tuple[int, str]:
-        """POST a raw body; returns (status, text). Retries connection failures and 503s."""
+    def post(self, body: bytes, auth: bool = True, path: str | None = None) -> tuple[int, str]:
+        """POST a raw body (to ``path``, default the predictions path); returns (status, text).
+        Retries connection failures and 503s."""
         headers = {"Content-Type": "application/octet-stream"}
         if auth and self.key:
             headers["Authorization"] = f"Bearer {self.key}"
@@ -94,7 +109,7 @@ class ServingClient:
         for attempt in range(self.retries + 1):
             try:
                 conn = self._conn()
-                conn.request("POST", self.path, body=body, headers=headers)
+                conn.request("POST", path or self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 text = resp.read().decode(errors="replace")
                 if resp.will_close:
@@ -110,7 +125,16 @@ class ServingClient:
         raise ServingError(f"no answer from TorchServe at {self.host}:{self.port}: {last}", 0)
 
     def predict(self, patches: np.ndarray) -> list[dict[str, Any]]:
-        status, text = self.post(encode_payload(patches))
+        """One result dict per patch from ``/predictions/<model>``."""
+        return self._answers(self.post(encode_payload(patches)), patches)
+
+    def explain(self, patches: np.ndarray) -> list[dict[str, Any]]:
+        """One result dict per patch, with encoded maps, from ``/explanations/<model>``."""
+        return self._answers(self.post(encode_payload(patches), path=self.explain_path), patches)
+
+    @staticmethod
+    def _answers(answer: tuple[int, str], patches: np.ndarray) -> list[dict[str, Any]]:
+        status, text = answer
         if status != 200:
             raise ServingError(f"TorchServe answered HTTP {status}: {_message(text)}", status)
         out = json.loads(text)
@@ -190,6 +214,7 @@ class ScoreSummary:
     cut_s: float = 0.0
     request_s: float = 0.0
     wait_s: float = 0.0
+    render_s: float = 0.0
     wall_s: float = 0.0
     errors: dict[int, str] = field(default_factory=dict)
 
@@ -204,15 +229,24 @@ class ScoreSummary:
             f"{self.csv}: {self.n_rows} rows -> {self.out}: {self.n_ok} ok, {self.n_error} error "
             f"({self.n_resumed} resumed from an earlier run, {self.n_sent} sent); {self.n_scans} scans; "
             f"wall {self.wall_s:.1f} s = extraction {self.extraction_s:.1f} s (read {self.read_s:.1f}, cut "
-            f"{self.cut_s:.1f}) + waiting for inference {self.wait_s:.1f} s; request time {self.request_s:.1f} s"
+            f"{self.cut_s:.1f}) + waiting for inference {self.wait_s:.1f} s"
+            + (f" + drawing overlays {self.render_s:.1f} s" if self.render_s else "")
+            + f"; request time {self.request_s:.1f} s"
         )
         if self.file_error:
             text += f"\nFILE ERROR: {self.file_error}"
         return text
 
 
-def _resume(out: Path, frame: pd.DataFrame) -> dict[int, dict[str, str]]:
-    """Rows of an existing output that are ``ok`` and whose input values equal the current file's."""
+def _out_names(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, str]:
+    """Output column name of each result column (``result_<col>`` when the input already has ``col``)."""
+    return {col: col if col not in frame.columns else f"result_{col}" for col in columns}
+
+
+def _resume(out: Path, frame: pd.DataFrame, columns: tuple[str, ...] = RESULT_COLUMNS) -> dict[int, dict[str, str]]:
+    """Rows of an existing output that are ``ok`` and whose input values equal the current file's.
+
+    With the ``explain_png`` column, a row also needs its PNG (relative to the output's folder) on disk."""
     if not out.is_file() or out.stat().st_size == 0:
         return {}
     try:
@@ -220,17 +254,20 @@ def _resume(out: Path, frame: pd.DataFrame) -> dict[int, dict[str, str]]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return {}
     cols = list(frame.columns)
-    if len(old) != len(frame) or not set(cols + list(RESULT_COLUMNS)) <= set(old.columns):
+    names = _out_names(frame, columns)
+    if len(old) != len(frame) or not set(cols + list(names.values())) <= set(old.columns):
         return {}
     same = (old[cols].to_numpy() == frame[cols].to_numpy()).all(axis=1)
-    ok = same & (old["status"].to_numpy() == "ok")
-    return {int(i): {c: old.at[i, c] for c in RESULT_COLUMNS} for i in np.nonzero(ok)[0]}
+    ok = same & (old[names["status"]].to_numpy() == "ok")
+    if EXPLAIN_COLUMN in names:
+        pngs = old[names[EXPLAIN_COLUMN]].to_numpy()
+        ok &= np.array([bool(p) and (out.parent / p).is_file() for p in pngs], dtype=bool)
+    return {int(i): {c: old.at[i, n] for c, n in names.items()} for i in np.nonzero(ok)[0]}
 
 
 def _write(out: Path, frame: pd.DataFrame, results: dict[str, list[Any]]) -> None:
     table = frame.copy()
-    for col in RESULT_COLUMNS:
-        name = col if col not in frame.columns else f"result_{col}"
+    for col, name in _out_names(frame, tuple(results)).items():
         table[name] = results[col]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -247,12 +284,17 @@ def score_csv(
     serve: ServeParams,
     progress: bool = True,
     predict: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
+    explain: bool = False,
+    explain_predict: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
 ) -> ScoreSummary:
     """Score ``csv_path``; write ``out_path`` (every input row, in order, plus the result columns).
 
     ``client.predict`` (or ``predict``, e.g. an in-process scorer) maps patches (n, 32, 32, 32) float32
-    to one result dict per patch. Returns a :class:`ScoreSummary`; a file-level problem is reported in
-    ``file_error`` (and, when the rows could be read, every row is written as an error row).
+    to one result dict per patch. With ``explain``, ``client.explain`` (or ``explain_predict``) is used
+    instead, its answers must carry an encoded ``cam`` per patch, and each ok row gets a PNG overlay and
+    an ``explain_png`` column (see the module docstring). Returns a :class:`ScoreSummary`; a file-level
+    problem is reported in ``file_error`` (and, when the rows could be read, every row is written as an
+    error row).
     """
     from naslung.data.patches import OutsideScanError, PatchCutter
     from naslung.data.scans import ScanError, read_scan
@@ -264,12 +306,16 @@ def score_csv(
     frame = check.frame
     n = len(frame)
     summary.n_rows = n
-    results: dict[str, list[Any]] = {c: [""] * n for c in RESULT_COLUMNS}
+    columns = RESULT_COLUMNS + ((EXPLAIN_COLUMN,) if explain else ())
+    results: dict[str, list[Any]] = {c: [""] * n for c in columns}
     results["status"] = ["pending"] * n
+    png_dir = out_path.parent / f"{out_path.stem}_explain"
 
     def fail(row: int, message: str) -> None:
         results["status"][row] = "error"
         results["error"][row] = message
+        if explain:
+            results[EXPLAIN_COLUMN][row] = ""
         summary.errors[row] = message
 
     if check.file_error is not None:
@@ -286,9 +332,9 @@ def score_csv(
     if not scans_dir.is_dir():
         raise FileNotFoundError(f"--scans folder not found: {scans_dir}")
 
-    done = _resume(out_path, frame)
+    done = _resume(out_path, frame, columns)
     for i, old in done.items():
-        for c in RESULT_COLUMNS:
+        for c in columns:
             results[c][i] = old[c]
     summary.n_resumed = len(done)
     for i, msgs in check.row_errors.items():
@@ -303,7 +349,28 @@ def score_csv(
 
     bar = tqdm(total=n, unit="rows", desc=f"score {csv_path.name}", disable=not progress, smoothing=0.1)
     bar.update(n - len(todo))
-    do_predict = predict or client.predict
+    if explain:
+        do_predict = explain_predict or client.explain
+    else:
+        do_predict = predict or client.predict
+    has_id = "nodule_id" in frame.columns
+
+    def overlay(row: int, patch: np.ndarray, answer: dict[str, Any]) -> str:
+        """Write the row's CAM overlay PNG; returns its path relative to the results CSV's folder."""
+        from naslung.explain.render import save_overlay
+
+        cam = answer.get("cam")
+        if cam is None:
+            raise ValueError("the answer holds no CAM (was the request sent to the explanations endpoint?)")
+        heat = decode_map(cam)
+        target = int(answer.get("explain_target", answer["label"]))
+        ident = str(frame.at[row, "nodule_id"]).strip() if has_id else ""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ident).strip("._")[:80] or str(row + 1)
+        name = f"nodule {ident}" if ident else f"row {row + 1}"
+        path = png_dir / f"row{row + 1}_{safe}.png"
+        save_overlay(path, patch, heat, prob=float(answer["probability"]), name=name,
+                     label=f"CAM, class {target} ({'malignant' if target == 1 else 'benign'})")
+        return f"{png_dir.name}/{path.name}"
     lock = threading.Lock()
     last_write = [time.monotonic()]
 
@@ -312,7 +379,7 @@ def score_csv(
         out = do_predict(patches)
         return out, time.perf_counter() - t
 
-    def collect(fut: Future, rows: list[int]) -> None:
+    def collect(fut: Future, rows: list[int], patches: np.ndarray) -> None:
         try:
             answers, took = fut.result()
             summary.request_s += took
@@ -323,18 +390,30 @@ def score_csv(
                 results["label"][r] = int(a["label"])
                 results["votes"][r] = int(a["votes"])
                 results["model_version"][r] = a.get("model_version", "")
-                results["status"][r] = "ok"
-                results["error"][r] = ""
+                results["status"][r] = "pending"
         except Exception as exc:  # noqa: BLE001 - one failed request must not lose the other rows
             for r in rows:
                 fail(r, f"row {r + 1}: scoring failed: {type(exc).__name__}: {exc}")
+        else:
+            t = time.perf_counter()
+            for j, (r, a) in enumerate(zip(rows, answers)):
+                if explain:
+                    try:
+                        results[EXPLAIN_COLUMN][r] = overlay(r, patches[j], a)
+                    except Exception as exc:  # noqa: BLE001 - a missing map must not lose the row
+                        fail(r, f"row {r + 1}: scored, but no explanation overlay: {type(exc).__name__}: {exc}")
+                        continue
+                results["status"][r] = "ok"
+                results["error"][r] = ""
+            if explain:
+                summary.render_s += time.perf_counter() - t
         bar.update(len(rows))
         if time.monotonic() - last_write[0] > CHECKPOINT_EVERY_S:
             with lock:
                 _write(out_path, frame, results)
                 last_write[0] = time.monotonic()
 
-    pending: dict[Future, list[int]] = {}
+    pending: dict[Future, tuple[list[int], np.ndarray]] = {}
     buf_rows: list[int] = []
     buf_patches: list[np.ndarray] = []
     size = max(1, int(serve.request_patches))
@@ -348,14 +427,15 @@ def score_csv(
                 finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 summary.wait_s += time.perf_counter() - t
                 for fut in finished:
-                    collect(fut, pending.pop(fut))
+                    collect(fut, *pending.pop(fut))
 
         def flush(all_: bool) -> None:
             while len(buf_rows) >= size or (all_ and buf_rows):
                 rows, patches = buf_rows[:size], buf_patches[:size]
                 del buf_rows[:size], buf_patches[:size]
                 drain(max_in_flight - 1)
-                pending[pool.submit(timed_predict, np.stack(patches))] = rows
+                batch = np.stack(patches)
+                pending[pool.submit(timed_predict, batch)] = (rows, batch)
                 summary.n_sent += len(rows)
 
         for uid, rows in groups.items():

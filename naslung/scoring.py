@@ -10,16 +10,38 @@ Payload format (one HTTP request body): a NumPy ``.npy`` file (``np.save``, no p
 Anything else raises :class:`PayloadError`, which carries an HTTP-ish status (400 malformed, 413 too
 large, 422 well-formed but unusable) and a message meant for the caller. This module imports neither
 TorchServe nor MLflow.
+
+Response: a JSON list, one object per patch: ``probability`` (mean member P(malignant)), ``label``
+(majority vote, 1 malignant), ``votes``, ``member_probs``, ``model_name``, ``model_version``.
+
+Explainability maps (only for requests that ask, e.g. TorchServe's ``POST /explanations/<model>``; a
+``/predictions`` request never computes them): each patch object additionally carries
+
+- ``cam``: the ensemble's class activation map (mean over members, logit units) for ``explain_target``;
+- ``attention``: the stage-2 CBAM spatial attention (mean over members, values in (0, 1)), or ``null``
+  when a member has no CBAM;
+- ``explain_target``: the class the CAM is for — the reported ``label`` (the ensemble's majority vote).
+
+Each map is encoded as text: base64 (standard alphabet, padded) of a ``.npy`` file (``np.save``, no
+pickle) holding a float16 array of shape (32, 32, 32) in the patch's (z, y, x) order, on the patch grid
+(1 mm voxels). :func:`encode_map` writes it and :func:`decode_map` reads it back as float32, i.e.
+``np.load(io.BytesIO(base64.b64decode(s)))``. An explanation request may hold at most as many patches
+as a float32 payload at the size limit (``max_bytes // 131072``), so its answer stays bounded; more get 413.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 32
 """Voxels per side of a patch."""
@@ -131,18 +153,96 @@ def score_batch(ensemble: EnsembleLike, X: np.ndarray, model: ModelId | None = N
     ]
 
 
+MAP_DTYPE = np.float16
+"""dtype of the encoded explainability maps."""
+
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def encode_map(arr: Any) -> str:
+    """One (32, 32, 32) map, (z, y, x) -> base64 text of a float16 ``.npy`` (see the module docstring).
+
+    Values beyond the float16 range are clipped to it (NaN stays NaN)."""
+    a = np.asarray(arr, dtype=np.float32)
+    p = PATCH_SIZE
+    if a.shape != (p, p, p):
+        raise ValueError(f"encode_map: expected a ({p}, {p}, {p}) map, got shape {a.shape}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(np.clip(a, -_F16_MAX, _F16_MAX).astype(MAP_DTYPE)), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_map(s: str | bytes) -> np.ndarray:
+    """Inverse of :func:`encode_map`: float32 array (32, 32, 32) in (z, y, x) order.
+
+    Raises ``ValueError`` for text that is not a base64 ``.npy`` of a (32, 32, 32) array."""
+    if not isinstance(s, (str, bytes)):
+        raise ValueError(f"decode_map: expected base64 text, got {type(s).__name__}")
+    try:
+        raw = base64.b64decode(s, validate=True)
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"decode_map: not a base64-encoded .npy map: {exc}") from exc
+    p = PATCH_SIZE
+    if not isinstance(arr, np.ndarray) or arr.shape != (p, p, p):
+        raise ValueError(f"decode_map: expected a ({p}, {p}, {p}) map, got {getattr(arr, 'shape', type(arr).__name__)}")
+    return arr.astype(np.float32)
+
+
+def max_explain_patches(max_bytes: int, patch_size: int = PATCH_SIZE) -> int:
+    """Most patches one explanation request may hold: as many as a float32 payload at the limit."""
+    return max(1, int(max_bytes) // (4 * patch_size**3))
+
+
+def explain_results(ensemble: Any, X: np.ndarray, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``cam``, ``attention`` and ``explain_target`` to ``results`` (one dict per patch of X, as
+    :func:`score_batch` returns them) in place; the CAM is for each patch's reported ``label``.
+
+    ``ensemble`` needs a ``members`` list of models with ``forward_maps`` (``naslung.ensemble.model.Ensemble``).
+    """
+    from naslung.explain.maps import explain
+
+    target = np.array([int(r["label"]) for r in results], dtype=np.int64)
+    maps = explain(ensemble, X, target=target)
+    for i, r in enumerate(results):
+        r["cam"] = encode_map(maps.cam[i])
+        r["attention"] = encode_map(maps.attention[i]) if maps.attention is not None else None
+        r["explain_target"] = int(maps.target[i])
+    return results
+
+
 def score_requests(
-    ensemble: EnsembleLike, bodies: Sequence[bytes | bytearray | None], max_bytes: int, model: ModelId | None = None
+    ensemble: EnsembleLike,
+    bodies: Sequence[bytes | bytearray | None],
+    max_bytes: int,
+    model: ModelId | None = None,
+    explain: Sequence[bool] | None = None,
 ) -> list[tuple[int, Any]]:
     """Score several request bodies as ONE batch; return one ``(status, response)`` per body, in order.
 
     Bad bodies get ``(4xx, {"error": ..., "status": ...})`` and do not affect the others; the good ones
     are concatenated and sent through all members at once, then split back per request.
+
+    ``explain``: one flag per body (default: none). Only the patches of flagged requests then go through
+    :func:`naslung.explain.maps.explain` (one more pass over the members, on those patches only), and
+    their patch results gain ``cam``, ``attention`` and ``explain_target`` (see the module docstring);
+    unflagged requests are answered exactly as without maps. A flagged request with more than
+    :func:`max_explain_patches` patches gets 413; when the map computation itself fails, the flagged
+    requests get 500 and the others are still answered.
     """
+    flags = [False] * len(bodies) if explain is None else [bool(f) for f in explain]
+    if len(flags) != len(bodies):
+        raise ValueError(f"score_requests: {len(flags)} explain flags for {len(bodies)} bodies")
+    limit = max_explain_patches(max_bytes)
     decoded: list[np.ndarray | PayloadError] = []
-    for body in bodies:
+    for body, flag in zip(bodies, flags):
         try:
-            decoded.append(decode_payload(body, max_bytes))
+            x = decode_payload(body, max_bytes)
+            if flag and len(x) > limit:
+                raise PayloadError(
+                    f"an explanation request may hold at most {limit} patches (got {len(x)}): the maps make the "
+                    "answer large; send fewer patches per request", 413)
+            decoded.append(x)
         except PayloadError as err:
             decoded.append(err)
     good = [d for d in decoded if isinstance(d, np.ndarray)]
@@ -150,11 +250,24 @@ def score_requests(
     if good:
         results = score_batch(ensemble, np.concatenate(good, axis=0), model)
     out: list[tuple[int, Any]] = []
+    wanted: list[int] = []
     start = 0
-    for d in decoded:
+    for i, d in enumerate(decoded):
         if isinstance(d, PayloadError):
             out.append((d.status, d.to_dict()))
         else:
             out.append((200, results[start : start + len(d)]))
             start += len(d)
+            if flags[i]:
+                wanted.append(i)
+    if wanted:
+        X = np.concatenate([decoded[i] for i in wanted], axis=0)
+        flat = [r for i in wanted for r in out[i][1]]
+        try:
+            explain_results(ensemble, X, flat)
+        except Exception as exc:  # noqa: BLE001 - a failed map computation must not fail the plain predictions
+            logger.exception("explainability maps failed for %d request(s)", len(wanted))
+            message = f"explainability maps failed: {type(exc).__name__}: {exc}"
+            for i in wanted:
+                out[i] = (500, {"error": message, "status": 500})
     return out

@@ -34,6 +34,7 @@ import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models.signature import ModelSignature  # noqa: E402
 from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
 
@@ -44,22 +45,27 @@ INPUT_SHAPE = (-1, 1, 32, 32, 32)
 
 
 def configure(uri: str | None, experiment: str = "naslung-train", artifacts_root: str | Path | None = None) -> str:
-    """Point MLflow at ``MLFLOW_TRACKING_URI`` or ``uri`` and select ``experiment``; returns the URI.
+    """Point MLflow tracking and registry at ``MLFLOW_TRACKING_URI`` or ``uri`` and select ``experiment``.
 
-    For a local store (``sqlite:///…``) the database folder is created and a new experiment keeps its
-    artifacts under ``artifacts_root`` (params ``paths.mlflow_artifacts``) instead of MLflow's default
-    ``./mlruns`` in the current directory. A server URI leaves artifact storage to the server.
+    For a database store without a server (``sqlite:///…``, ``postgresql://…``) the sqlite folder is created
+    and a new experiment keeps its artifacts under ``artifacts_root`` (params ``paths.mlflow_artifacts``)
+    instead of MLflow's default ``./mlruns`` in the current directory. A server URI (``http(s)://``) leaves
+    artifact storage to the server. Returns the URI in use.
     """
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     resolved = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow/mlflow.db"
-    local = resolved.startswith("sqlite:///")
-    if local:
+    if resolved.startswith("sqlite:///"):
         Path(resolved[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(resolved)
-    if local and artifacts_root is not None and mlflow.get_experiment_by_name(experiment) is None:
+    mlflow.set_registry_uri(resolved)
+    served = resolved.startswith(("http://", "https://", "databricks"))
+    if not served and artifacts_root is not None and mlflow.get_experiment_by_name(experiment) is None:
         root = Path(artifacts_root).resolve() / experiment
         root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(experiment, artifact_location=root.as_uri())
+        try:
+            mlflow.create_experiment(experiment, artifact_location=root.as_uri())
+        except MlflowException:  # created concurrently
+            pass
     mlflow.set_experiment(experiment)
     return resolved
 
@@ -106,19 +112,18 @@ def log_manifest_input(manifest: str | Path, dvc_lock: str | Path | None = None,
 
 
 class NASLungPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of one NASLungNet: artifacts ``weights`` (state dict .pt) and ``spec`` (JSON).
+    """pyfunc wrapper of one NASLungNet or DnasNet: artifacts ``weights`` (state dict .pt) and ``spec`` (JSON).
 
     ``predict`` takes float32 (n, 1, 32, 32, 32) (or (n, 32, 32, 32)) in [0, 1] and returns the
     malignancy probability softmax(model(x))[:, 1] as float32 (n,).
     """
 
     def load_context(self, context: Any) -> None:
-        from naslung.models.net import build_model
-        from naslung.models.spec import ArchSpec
+        from naslung.models.factory import build, spec_from_dict
 
         meta = json.loads(Path(context.artifacts["spec"]).read_text(encoding="utf-8"))
-        self.spec = ArchSpec.from_dict(meta["spec"])
-        self.model = build_model(self.spec, margin_m=int(meta.get("margin_m", 4)))
+        self.spec = spec_from_dict(meta["spec"])  # ArchSpec or DNAS-derived DnasArch
+        self.model = build(self.spec, margin_m=int(meta.get("margin_m", 4)))
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.model.eval()

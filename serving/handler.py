@@ -5,6 +5,12 @@ The .mar holds ``ensemble/`` (``members.json`` + ``member_<i>.pt``, the ``Ensemb
 ``naslung.scoring`` (``.npy`` of (N, 32, 32, 32) float32 in [0, 1] or uint8). Response: a JSON list,
 one object per patch (probability, label, votes, member_probs, model_name, model_version).
 
+Explainability maps: a request sent to TorchServe's Explanations API (``POST /explanations/<model>``)
+reaches the handler with the request header ``explain: True`` (set by the frontend, the flag
+``BaseHandler._is_explain`` reads — but only for request 0; here every request of a batch is checked
+on its own). Those requests' patch objects also carry ``cam``, ``attention`` and ``explain_target``
+(encoding: ``naslung.scoring``); ``/predictions`` requests in the same batch are answered without maps.
+
 All requests TorchServe groups into one batch are decoded one by one; the good ones are concatenated
 and every member runs on the whole batch at once, on ``cuda:<gpu_id>`` when TorchServe assigned a GPU
 and CUDA is available, on CPU otherwise. A bad request gets its own 4xx (``context.set_response_status``
@@ -46,6 +52,17 @@ def _body(request: Any) -> bytes | bytearray | None:
     return value
 
 
+def _wants_explain(context: Any, idx: int) -> bool:
+    """True when request ``idx`` of the batch came through the Explanations API (header ``explain``)."""
+    try:
+        value = context.get_request_header(idx, "explain")
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return False
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode(errors="replace")
+    return str(value).strip().lower() == "true" if value is not None else False
+
+
 class NASLungHandler(BaseHandler):
     """Ensemble scoring with per-request errors; one response per request in every batch."""
 
@@ -76,8 +93,9 @@ class NASLungHandler(BaseHandler):
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         self.context = context
         bodies = [_body(r) for r in data]
+        explain = [_wants_explain(context, i) for i in range(len(data))]
         with torch.inference_mode():
-            answers = score_requests(self.ensemble, bodies, self.max_bytes, self.model_id)
+            answers = score_requests(self.ensemble, bodies, self.max_bytes, self.model_id, explain=explain)
         out: list[Any] = []
         for i, (status, response) in enumerate(answers):
             if status != 200:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from naslung.params import TrainParams
+from naslung.params import ModelParams, TrainParams
 from naslung.search.dnas import (
     DnasArch,
     DnasNet,
@@ -17,10 +19,10 @@ from naslung.search.dnas import (
     Supernet,
     derive,
     derive_top,
-    fit_derived,
     gumbel_straight_through,
     search,
 )
+from naslung.train.loop import fit
 
 torch.set_num_threads(1)
 
@@ -103,7 +105,7 @@ def test_derived_model_trains_and_predicts() -> None:
     X = rng.normal(0.3, 0.05, (24, 1, 32, 32, 32)).astype(np.float32)
     X[y == 1, :, 12:20, 12:20, 12:20] += 0.5  # bright cube in class 1
     tp = TrainParams(batch_size=8, lr=3e-3, patience=5)
-    fitres = fit_derived(arch, (X[:16], y[:16]), (X[16:], y[16:]), tp, epochs=4, seed=0)
+    fitres = fit(arch, (X[:16], y[:16]), (X[16:], y[16:]), ModelParams(), tp, epochs=4, seed=0)
     model = fitres.model
     assert isinstance(model, DnasNet) and not model.training
     assert len(fitres.history) >= 1 and 1 <= fitres.best_epoch <= 4
@@ -116,3 +118,83 @@ def test_derived_model_trains_and_predicts() -> None:
     assert torch.allclose(maps["logits"], logits)
     assert isinstance(model.head, nn.Linear)
     assert 0.0 <= fitres.val_metrics["accuracy"] <= 1.0
+
+
+# --- DNAS-derived models as ordinary specs: training loop, ensemble, explainability -------------------------
+
+
+def _toy_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.array([0, 1] * (n // 2))
+    X = rng.normal(0.3, 0.05, (n, 1, 32, 32, 32)).astype(np.float32)
+    X[y == 1, :, 12:20, 12:20, 12:20] += 0.5  # bright cube in class 1
+    return X, y
+
+
+def test_dnas_arch_is_a_spec() -> None:
+    from naslung.models.factory import build, parse_member_spec, spec_flops, spec_from_dict, spec_from_json
+    from naslung.models.complexity import count_flops_hooks
+    from naslung.models.spec import ArchSpec
+
+    arch = DnasArch(SMALL, ("skip", "k3_e2", "k5_e3"))
+    assert arch.spec_id == "d-" + arch.arch_id and arch.head == "linear" and arch.cbam is False
+    assert arch.to_dict()["kind"] == "dnas"
+    assert spec_from_dict(arch.to_dict()) == arch and spec_from_json(arch.to_json()) == arch
+    assert parse_member_spec({"spec": arch.to_dict(), "spec_id": arch.spec_id}) == arch  # a selected.json record
+    assert parse_member_spec(arch.to_dict()) == arch
+    plain = parse_member_spec("[4, 4, [4], [4], [4]]", cbam=False, head="linear")
+    assert isinstance(plain, ArchSpec) and plain.spec_id.startswith("m1-") and plain.spec_id != arch.spec_id
+    assert isinstance(build(arch), DnasNet)
+    assert spec_flops(arch) == count_flops_hooks(DnasNet(arch)) > 0
+
+
+@pytest.mark.parametrize("select_by", ["auc", "loss"])
+def test_fit_trains_dnas_arch_and_respects_select_by(select_by: str) -> None:
+    from naslung.train.loop import predict_proba, selection_key
+
+    arch = DnasArch(SMALL, ("skip", "k3_e2", "k5_e3"))
+    X, y = _toy_data()
+    tp = TrainParams(batch_size=8, lr=3e-3, patience=10, select_by=select_by)
+    res = fit(arch, (X[:16], y[:16]), (X[16:], y[16:]), ModelParams(head="asoftmax"), tp, epochs=3, seed=0)
+    assert isinstance(res.model, DnasNet) and not res.model.training
+    assert len(res.history) == 3 and all(np.isfinite(r["train_loss"]) for r in res.history)
+    assert np.isnan(res.history[0]["lambda"])  # linear head -> cross-entropy, not the A-Softmax of ModelParams
+    keys = [selection_key(r, select_by) for r in res.history]
+    assert res.best_epoch == 1 + keys.index(max(keys))  # the epoch train.select_by ranks first
+    best = res.history[res.best_epoch - 1]
+    assert res.val_metrics["auc"] == best["val_auc"] and res.val_metrics["loss"] == best["val_loss"]
+    prob = predict_proba(res.model, X[16:])  # the best epoch's weights were restored
+    assert ((prob >= 0.5) == y[16:]).mean() == pytest.approx(res.val_metrics["accuracy"])
+
+
+def test_mixed_ensemble_saves_loads_and_explains(tmp_path) -> None:
+    from naslung.ensemble.model import Ensemble
+    from naslung.explain.maps import explain
+    from naslung.models.factory import build
+    from naslung.models.net import NASLungNet
+    from naslung.models.spec import ArchSpec
+
+    torch.manual_seed(0)
+    specs = [ArchSpec.parse("spcbam[4, 4, [4], [8], [8]]"), DnasArch(SMALL, ("skip", "k3_e2", "k5_e3"))]
+    models = [build(s) for s in specs]
+    for m in models:  # non-trivial BatchNorm statistics, so a lost buffer would show
+        m.train()
+        with torch.no_grad():
+            m(torch.rand(4, 1, 32, 32, 32))
+    ens = Ensemble(models, specs, [s.spec_id for s in specs])
+    X, _ = _toy_data(6, seed=3)
+    pred = ens.predict(X)
+    ens.save(tmp_path / "ens")
+    meta = json.loads((tmp_path / "ens" / "members.json").read_text())
+    assert [m["spec"].get("kind") for m in meta["members"]] == [None, "dnas"]
+    again = Ensemble.load(tmp_path / "ens")  # weights_only=True inside
+    assert isinstance(again.members[0], NASLungNet) and isinstance(again.members[1], DnasNet)
+    assert again.specs == specs and again.member_names == ens.member_names
+    p2 = again.predict(X)
+    np.testing.assert_array_equal(p2.member_probs, pred.member_probs)
+    assert p2.votes.tolist() == pred.votes.tolist() and p2.label.tolist() == pred.label.tolist()
+
+    ex = explain(again, X)
+    assert ex.cam.shape == (6, 32, 32, 32) and np.isfinite(ex.cam).all()
+    assert ex.attention is None  # the DnasNet member has no CBAM
+    np.testing.assert_allclose(ex.prob, pred.prob, rtol=1e-5, atol=1e-6)

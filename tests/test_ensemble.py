@@ -196,3 +196,57 @@ def test_ensemble_metrics_use_vote_for_labels_and_mean_for_auc() -> None:
     assert m["auc"] == binary_metrics(y, probs.mean(axis=1))["auc"]
     single = ensemble_metrics(y, probs[:, :1])
     assert single["f1"] == binary_metrics(y, probs[:, 0])["f1"]
+
+
+# --- mixing POP and DNAS members ----------------------------------------------------------------------------
+
+DNAS_ARCH = {"kind": "dnas", "ops": ["skip", "k3_e2", "k3_e2"],
+             "space": {"stem": 4, "layers": [[4, 1], [8, 2], [8, 2]], "head_channels": 8, "kernels": [3],
+                       "expansions": [2], "skip": True, "in_channels": 1}}
+
+
+def test_member_specs_mix_selection_files_of_both_strategies(tmp_path: Path) -> None:
+    from naslung.ensemble.training import MemberRecord, member_key
+    from naslung.models.mbconv import DnasArch
+
+    pop = [ArchSpec.parse(s, cbam=False, head="linear") for s in TINY[:2]]
+    dn = DnasArch.from_dict(DNAS_ARCH)
+    (tmp_path / "search" / "dnas").mkdir(parents=True)
+    pop_file, dnas_file = tmp_path / "search" / "selected.json", tmp_path / "search" / "dnas" / "selected.json"
+    pop_file.write_text(json.dumps([{"spec": s.to_dict(), "spec_id": s.spec_id, "accuracy": 0.5} for s in pop]))
+    dnas_file.write_text(json.dumps([{"spec": dn.to_dict(), "spec_id": dn.spec_id, "strategy": "dnas"},
+                                     {"spec": pop[0].to_dict()}]))  # a duplicate is dropped
+    params = load_params(make_project(tmp_path / "p", specs=[], extra={
+        "ensemble": {"members": [str(pop_file), str(dnas_file)], "specs": []}}))
+    assert params.ensemble.members == (str(pop_file), str(dnas_file))
+    specs = member_specs(params)
+    assert specs == [*pop, dn]
+    assert member_specs(params, str(dnas_file)) == [dn, pop[0]]  # one file still works
+    # ensemble.specs takes DNAS dicts beside spec strings
+    explicit = load_params(make_project(tmp_path / "q", specs=[TINY[0], DNAS_ARCH]))
+    assert member_specs(explicit) == [ArchSpec.parse(TINY[0], cbam=False, head="linear"), dn]
+    # cache keys: distinct per spec, and a member record reads its DNAS spec back
+    keys = {member_key(s, 1, "data", "params") for s in specs}
+    assert len(keys) == 3
+    rec = MemberRecord(name=dn.spec_id, spec=dn.to_dict(), spec_id=dn.spec_id, fold=1, key="k", dir="d",
+                       run_id=None, val={}, test={}, best_epoch=1, n_params=1, flops=1)
+    assert rec.arch() == dn
+
+
+def test_train_mixed_ensemble_pop_and_dnas_members(tmp_path: Path) -> None:
+    from naslung.models.mbconv import DnasNet
+    from naslung.models.net import NASLungNet
+
+    params = load_params(make_project(tmp_path, specs=[TINY[0], DNAS_ARCH], folds=[1]))
+    index = train_ensemble(params, log=False, progress=False)
+    assert len(index["members"]) == 2 and not any(m["cached"] for m in index["members"])
+    names = [m["name"] for m in index["members"]]
+    assert names[0].startswith("m1-") and names[1].startswith("d-")
+    assert all(Path(m["dir"]).name.startswith(m["spec_id"]) for m in index["members"])
+    assert index["members"][1]["flops"] > 0 and index["members"][1]["n_params"] > 0
+    ens = Ensemble.load(index["model_dir"])
+    assert [type(m) for m in ens.members] == [NASLungNet, DnasNet]
+    again = train_ensemble(params, log=False, progress=False)
+    assert all(m["cached"] for m in again["members"])
+    result = evaluate_ensemble(params)
+    assert result["n_members"] == 2 and set(result["member_names"]) == set(names)

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -20,15 +21,20 @@ from mlflow import MlflowClient
 
 from naslung import registry
 from naslung.ensemble.evaluation import evaluate_ensemble
-from naslung.ensemble.training import data_version, train_ensemble
+from naslung.ensemble.training import data_version, member_specs, train_ensemble
 from naslung.params import Params, load_params
 from test_ensemble import constant_ensemble, make_project
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _write_validation(params: Params, success: bool) -> None:
-    (Path(params.paths.artifacts) / "validation.json").write_text(json.dumps({"success": success, "suites": {}}))
+def _write_validation(params: Params, success: bool, md5: dict[str, str] | None = None) -> None:
+    """A validation verdict about the current patch store (or about the data of ``md5``)."""
+    from naslung.lineage import file_md5
+
+    art = Path(params.paths.artifacts)
+    md5 = md5 or {"manifest": file_md5(art / "manifest.csv"), "patches": file_md5(art / "patches.npy")}
+    (art / "validation.json").write_text(json.dumps({"success": success, "suites": {}, "md5": md5}))
 
 
 def _register_constant(params_path: Path, tmp: Path, tag: str, malignant: bool) -> registry.Registration:
@@ -73,6 +79,11 @@ def _gate_sequence(tmp_path: Path, name: str) -> None:
     champ = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(batch)
     assert champ["label"].tolist() == [0, 0, 0] and (champ["probability"] < 0.5).all()
 
+    # a verdict about other data does not count: the gate refuses
+    _write_validation(params, True, {"manifest": "0" * 32, "patches": "0" * 32})
+    v5 = _register_constant(params_path, tmp_path, "malignant5", malignant=True)
+    d5 = registry.promote(params, v5.version)
+    assert not d5.promoted and "other data" in d5.reason
     # without a validation result the gate refuses, whatever the F1
     (Path(params.paths.artifacts) / "validation.json").unlink()
     v4 = _register_constant(params_path, tmp_path, "malignant4", malignant=True)
@@ -91,8 +102,11 @@ def test_registered_version_carries_lineage_and_predicts(tmp_path: Path) -> None
     registry.configure(params, "naslung-search-test")
     with mlflow.start_run(run_name="search-parent") as search_run:
         pass
-    (Path(params.search.out_dir)).mkdir(parents=True)
-    (Path(params.search.out_dir) / "summary.json").write_text(json.dumps({"parent_run_id": search_run.info.run_id}))
+    out = Path(params.search.out_dir)
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({"parent_run_id": search_run.info.run_id}))
+    (out / "selected.json").write_text(json.dumps(list(params.ensemble.specs)))  # members come from "the search"
+    params = params.replace(ensemble=replace(params.ensemble, specs=(), members=str(out / "selected.json")))
     _write_validation(params, True)
     index = train_ensemble(params, log=True, progress=False)
     evaluate_ensemble(params)
@@ -118,6 +132,16 @@ def test_registered_version_carries_lineage_and_predicts(tmp_path: Path) -> None
     card = Path(client.download_artifacts(reg.run_id, "model_card.md", str(tmp_path))).read_text()
     assert "Intended use" in card and "not a diagnosis" in card.lower() and "Known limits" in card
     assert registry.aliases(params) == {"challenger": reg.version}
+    # Fig. 5 analogue of this version: panels and map-mass summary of the deploy fold, in the register run
+    assert tags["naslung.explain_panel"] == "explain/panel_cam.png"
+    panel = Path(client.download_artifacts(reg.run_id, "explain", str(tmp_path / "explain")))
+    assert (panel / "panel_cam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((panel / "explain.json").read_text())
+    n_test = json.loads((Path(params.paths.artifacts) / "metrics.json").read_text())["ensemble"]["n_test"]["1"]
+    assert summary["test_fold"] == 1 and summary["n"] == n_test > 0
+    all_cbam = all(s.cbam for s in member_specs(params))  # attention maps need CBAM in every member
+    assert "CAM" in summary and ("attention" in summary) == all_cbam == (panel / "panel_attention.png").is_file()
+    assert client.get_run(reg.run_id).data.metrics["explain.CAM_mass_ratio"] > 0
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     sig = model.metadata.get_input_schema().inputs[0]
@@ -157,3 +181,20 @@ def postgres_uri(monkeypatch: pytest.MonkeyPatch) -> str:
 def test_gate_on_postgresql(tmp_path: Path, postgres_uri: str) -> None:
     _gate_sequence(tmp_path, "naslung-ensemble-pg")
     assert mlflow.get_tracking_uri().startswith("postgresql://")
+
+
+def test_search_run_ids_of_a_mixed_selection(tmp_path: Path) -> None:
+    """Members mixed from a POP and a DNAS selection name both searches in the lineage."""
+    params = load_params(REPO / "params.yaml")
+    files = []
+    for kind, rid in (("pop", "run-pop"), ("dnas", "run-dnas")):
+        d = tmp_path / kind
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"strategy": kind, "parent_run_id": rid}))
+        files.append(str(d / "selected.json"))
+    one = params.replace(ensemble=replace(params.ensemble, specs=(), members=files[0]))
+    both = params.replace(ensemble=replace(params.ensemble, specs=(), members=tuple(files)))
+    assert registry.search_run_id(one) == "run-pop"
+    assert json.loads(registry.search_run_id(both)) == ["run-pop", "run-dnas"]
+    explicit = params.replace(ensemble=replace(params.ensemble, specs=("[4, 4, [4], [8], [8]]",)))
+    assert registry.search_run_id(explicit) is None

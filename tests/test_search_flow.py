@@ -180,3 +180,85 @@ def test_dask_runner_trains_candidates_in_parallel(tmp_path: Path, store: Path, 
     # and the training itself overlapped, per the timestamps logged in MLflow
     iv = sorted((r.data.metrics["train_started_at"], r.data.metrics["train_finished_at"]) for r in runs)
     assert any(s1 < e0 for (_, e0), (s1, _) in zip(iv, iv[1:]))
+
+
+def test_default_search_id_hashes_data_content_not_path(tmp_path: Path, store: Path) -> None:
+    import shutil
+
+    from flows.search import default_search_id
+
+    params = load_params(_params_file(tmp_path, "ids"))
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    sid = default_search_id(params, str(store))
+    assert sid.startswith("pop-") and default_search_id(params, str(copy)) == sid  # same data elsewhere: resumes
+    patches = np.load(copy / "patches.npy")
+    patches[0, 0, 0, 0] += 0.5
+    np.save(copy / "patches.npy", patches)
+    assert default_search_id(params, str(copy)) != sid  # new data: a new search
+    dnas_params = params.replace(search=type(params.search)(**{**params.search.__dict__, "strategy": "dnas"}))
+    assert default_search_id(dnas_params, str(store)).startswith("dnas-")
+
+
+TINY_DNAS = {
+    "stem": 4, "layers": [[4, 1], [8, 2], [8, 2]], "head_channels": 8, "kernels": [3], "expansions": [2],
+    "skip": True, "epochs": 2, "warmup_epochs": 1, "batch_size": 8, "derive_k": 2, "retrain_epochs": 1,
+}
+
+
+@pytest.mark.slow
+def test_dnas_strategy_flow_writes_search_outputs_and_mlflow_runs(tmp_path: Path, store: Path, harness: None) -> None:
+    from mlflow import MlflowClient
+
+    from flows.search import run_search
+    from naslung.models.factory import parse_member_spec
+    from naslung.models.mbconv import DnasArch
+    from naslung.search import tracking as st
+
+    experiment = f"search-dnas-{uuid.uuid4().hex[:6]}"
+    pop_dir = tmp_path / "pop"
+    pfile = _params_file(tmp_path, "unused", strategy="dnas", out_dir=str(pop_dir))
+    data = yaml.safe_load(pfile.read_text())
+    data["dnas"].update({**TINY_DNAS, "experiment": experiment})
+    pfile.write_text(yaml.safe_dump(data))
+    params = load_params(pfile)
+    pop_dir.mkdir()  # an earlier POP front (same latency unit) is drawn under the derived models
+    (pop_dir / "front.json").write_text(json.dumps([
+        {"spec": {"stem": [4, 4], "stages": [[4], [4], [4]], "cbam": False, "head": "linear"}, "spec_id": "m1-x",
+         "accuracy": 0.5, "latency": 1.0, "latency_unit": "Mmac_per_nodule"}]))
+
+    out = tmp_path / "out"
+    summary = run_search(params, None, str(store), str(out), progress=False)
+    assert summary["strategy"] == "dnas" and summary["search_id"].startswith("dnas-")
+    assert summary["trained"] == summary["trained_this_run"] == 2 and summary["pop_front_size"] == 1
+    for name in ("front.json", "selected.json", "summary.json", "pareto.png", "dnas.json"):
+        assert (out / name).is_file(), name
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert json.loads((out / "summary.json").read_text())["strategy"] == "dnas"
+    front = json.loads((out / "front.json").read_text())
+    selected = json.loads((out / "selected.json").read_text())
+    assert front and 1 <= len(selected) <= params.search.k_select
+    assert all(e["spec"]["kind"] == "dnas" and e["latency_unit"] == "Mmac_per_nodule" for e in selected)
+    assert all(isinstance(parse_member_spec(e), DnasArch) for e in selected)  # usable as ensemble members
+    for a in front:  # the front is non-dominated among the derived models
+        assert not any(b["accuracy"] >= a["accuracy"] and b["latency"] < a["latency"] for b in selected)
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    parent = st.find_parent(exp.experiment_id, summary["search_id"])
+    assert parent == summary["parent_run_id"]
+    prun = client.get_run(parent)
+    assert prun.info.status == "FINISHED" and prun.data.tags["naslung.strategy"] == "dnas"
+    assert len(client.get_metric_history(parent, "alpha_entropy")) == TINY_DNAS["epochs"]
+    kids = st.children(parent, "FINISHED")
+    assert len(kids) == 2 and all(k.data.tags["naslung.strategy"] == "dnas" for k in kids)
+    by_id = {k.data.params["spec_id"]: k for k in kids}
+    for e in selected:
+        run = by_id[e["spec_id"]]
+        assert e["run_id"] == run.info.run_id and run.data.metrics["accuracy"] == pytest.approx(e["accuracy"])
+        assert json.loads(run.data.params["spec_json"]) == e["spec"]
+
+    again = run_search(params, None, str(store), str(tmp_path / "again"), progress=False)  # same data: resumes
+    assert again["search_id"] == summary["search_id"] and again["reused"] == 2 and again["trained_this_run"] == 0
+    assert len(st.children(parent)) == 2  # nothing retrained
+    assert _front(tmp_path / "again") == _front(out)

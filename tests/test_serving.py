@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from naslung.params import load_params
-from naslung.scoring import PayloadError, decode_payload, encode_payload
+from naslung.scoring import PayloadError, decode_map, decode_payload, encode_map, encode_payload, score_requests
 
 REPO = Path(__file__).resolve().parents[1]
 LIDC_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
@@ -64,6 +64,70 @@ def test_decode_payload_accepts_float_and_uint8_and_rejects_bad() -> None:
         assert err.value.status == status and err.value.message
 
 
+MAP_KEYS = {"cam", "attention", "explain_target"}
+
+
+def test_map_encoding_round_trips_and_rejects_bad_text() -> None:
+    m = np.random.default_rng(3).normal(size=(32, 32, 32)).astype(np.float32)
+    text = encode_map(m)
+    assert isinstance(text, str)
+    back = decode_map(text)
+    assert back.shape == (32, 32, 32) and back.dtype == np.float32
+    np.testing.assert_allclose(back, m, rtol=1e-3, atol=1e-3)  # float16 on the wire
+    assert np.isfinite(decode_map(encode_map(m * 1e6))).all()  # clipped to the float16 range, not inf
+    for bad in ("not base64!", encode_map(m)[:100], 42):
+        with pytest.raises(ValueError):
+            decode_map(bad)
+    with pytest.raises(ValueError):
+        encode_map(m[:16])
+
+
+def test_score_requests_explains_only_flagged_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    import naslung.explain.maps as maps
+
+    rng = np.random.default_rng(4)
+    a = rng.random((2, 32, 32, 32), dtype=np.float32)
+    b = rng.random((3, 32, 32, 32), dtype=np.float32)
+    big = (rng.random((9, 32, 32, 32)) * 255).astype(np.uint8)  # 288 KiB: fits 1 MiB, but > 8 explained patches
+    seen: list[int] = []
+    real = maps.explain
+
+    def counting(models, X, *args, **kwargs):
+        seen.append(len(X))
+        return real(models, X, *args, **kwargs)
+
+    monkeypatch.setattr(maps, "explain", counting)
+    ens = _tiny_ensemble(0)
+    bodies = [encode_payload(a), encode_payload(b), b"garbage", encode_payload(a), encode_payload(big),
+              encode_payload(big)]
+    plain = score_requests(ens, bodies, 1 << 20)
+    assert seen == [] and all(MAP_KEYS.isdisjoint(r) for s, rs in plain if s == 200 for r in rs)
+    mixed = score_requests(ens, bodies, 1 << 20, explain=[True, False, True, False, True, False])
+    assert [s for s, _ in mixed] == [200, 200, 400, 200, 413, 200]
+    assert "at most 8 patches" in mixed[4][1]["error"]
+    assert seen == [2]  # only the flagged good request's patches went through the maps
+    for k in (1, 3, 5):  # unflagged: the plain answer (batch composition may move the last float bits)
+        assert [set(r) for r in mixed[k][1]] == [set(r) for r in plain[k][1]]
+        assert [r["label"] for r in mixed[k][1]] == [r["label"] for r in plain[k][1]]
+        assert [r["probability"] for r in mixed[k][1]] == pytest.approx([r["probability"] for r in plain[k][1]],
+                                                                         abs=1e-6)
+    for got, want in zip(mixed[0][1], plain[0][1]):
+        assert set(got) == set(want) | MAP_KEYS
+        assert (got["label"], got["votes"]) == (want["label"], want["votes"])
+        assert got["probability"] == pytest.approx(want["probability"], abs=1e-6)
+        assert got["attention"] is None  # member 1 has no CBAM
+        assert got["explain_target"] == got["label"]
+        cam = decode_map(got["cam"])
+        assert cam.shape == (32, 32, 32) and np.isfinite(cam).all() and cam.std() > 0
+    with pytest.raises(ValueError):
+        score_requests(ens, bodies, 1 << 20, explain=[True])
+
+    # An all-CBAM ensemble also answers with the stage-2 attention, values in (0, 1).
+    full = score_requests(_tiny_ensemble(1, cbam=(True, True, True)), [encode_payload(b)], 1 << 20, explain=[True])
+    att = np.stack([decode_map(r["attention"]) for r in full[0][1]])
+    assert att.shape == (3, 32, 32, 32) and float(att.min()) >= 0.0 and float(att.max()) <= 1.0
+
+
 # ------------------------------------------------------------------------------------ fixtures
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
@@ -75,7 +139,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _tiny_ensemble(seed: int):
+def _tiny_ensemble(seed: int, cbam: tuple[bool, bool, bool] = (True, False, True)):
     import torch
 
     from naslung.ensemble.model import Ensemble
@@ -83,7 +147,7 @@ def _tiny_ensemble(seed: int):
     from naslung.models.spec import ArchSpec
 
     torch.manual_seed(seed)
-    specs = [ArchSpec.parse(SPEC, cbam=c, head=h) for c, h in ((True, "asoftmax"), (False, "linear"), (True, "linear"))]
+    specs = [ArchSpec.parse(SPEC, cbam=c, head=h) for c, h in zip(cbam, ("asoftmax", "linear", "linear"))]
     members = [build_model(s) for s in specs]
     return Ensemble(members, specs, [f"m{i}" for i in range(len(specs))])
 
@@ -183,8 +247,10 @@ def test_package_records_champion_and_challenger_needs_explicit_choice(env) -> N
         alias=None, version=env["challenger"],
     )
     assert json.loads(other.with_suffix(".json").read_text())["version"] == env["challenger"]
+    from naslung import registry
+
     with pytest.raises(ValueError):
-        S.download_registered_ensemble(env["params"], env["tmp"] / "x")  # neither alias nor version
+        registry.download_ensemble(env["params"], env["tmp"] / "x")  # neither alias nor version
 
 
 def test_config_is_loopback_token_auth_no_model_api(env) -> None:
@@ -230,6 +296,40 @@ def test_bad_payloads_get_4xx_and_worker_survives(client) -> None:
     with ThreadPoolExecutor(8) as pool:
         statuses = [s for s, _ in pool.map(client.post, bodies)]
     assert statuses == [200] * 5 + [400] + [200] * 2
+
+
+def test_explanations_endpoint_returns_maps_only_when_asked(client) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 32, 32, 32), dtype=np.float32)
+    plain = client.predict(x)
+    assert len(plain) == 3 and all(MAP_KEYS.isdisjoint(r) for r in plain)
+    explained = client.explain(x)  # POST /explanations/<model>: the frontend's "explain" header reached the handler
+    assert len(explained) == 3
+    for p, e in zip(plain, explained):
+        assert e["probability"] == pytest.approx(p["probability"], abs=1e-6)
+        assert (e["label"], e["votes"], e["model_version"]) == (p["label"], p["votes"], p["model_version"])
+        assert e["explain_target"] == e["label"]
+        assert "attention" in e and e["attention"] is None  # the served ensemble has a member without CBAM
+        cam = decode_map(e["cam"])
+        assert cam.shape == (32, 32, 32) and np.isfinite(cam).all()
+    status, text = client.post(b"garbage", path=client.explain_path)
+    assert status == 400 and "npy" in text
+
+    # Concurrent predictions and explanations (TorchServe may put them in one batch): each gets its kind.
+    chunks = [rng.random((1 + i % 2, 32, 32, 32), dtype=np.float32) for i in range(8)]
+    kinds = ["explain" if i % 2 else "predict" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda kc: getattr(client, kc[0])(kc[1]), zip(kinds, chunks)))
+    for kind, chunk, ans in zip(kinds, chunks, answers):
+        assert len(ans) == len(chunk)
+        for r in ans:
+            if kind == "explain":
+                assert MAP_KEYS <= set(r) and decode_map(r["cam"]).shape == (32, 32, 32)
+            else:
+                assert MAP_KEYS.isdisjoint(r)
+    # ... and the same probabilities as alone.
+    alone = [a["probability"] for c in chunks for a in client.predict(c)]
+    assert [a["probability"] for ans in answers for a in ans] == pytest.approx(alone, abs=1e-6)
 
 
 def _write_csv(path: Path, rows: list[dict], bom: bool = False) -> Path:
@@ -350,6 +450,61 @@ def test_cli_score_runs_against_the_server(env) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 ok, 0 error" in proc.stdout
     assert pd.read_csv(out).loc[0, "status"] == "ok"
+
+
+def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
+    import yaml
+
+    from naslung.params import to_dict
+    from naslung.score_csv import score_csv
+
+    params, tmp = env["params"], env["tmp"]
+    pfile = tmp / "explain_params.yaml"
+    pfile.write_text(yaml.safe_dump(to_dict(params)))
+    rows = [
+        {"nodule_id": "e-1", "seriesuid": SYNTH_UID, "coordX": -6.0, "coordY": -6.0, "coordZ": 0.0},
+        {"nodule_id": "nope", "seriesuid": "1.2.3.4.nope", "coordX": 1.0, "coordY": 1.0, "coordZ": 0.0},
+        {"nodule_id": "e/2 x", "seriesuid": SYNTH_UID, "coordX": 16.5, "coordY": 9.0, "coordZ": -8.0},
+    ]
+    csv = _write_csv(tmp / "explain.csv", rows)
+    out = tmp / "explain_out.csv"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from naslung.cli import main; import sys; sys.exit(main())", "--params", str(pfile),
+         "score", str(csv), "--scans", str(env["scans"]), "--out", str(out), "--no-progress", "--explain"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 ok, 1 error" in proc.stdout
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(res["nodule_id"]) == ["e-1", "nope", "e/2 x"] and list(res.columns)[-1] == "explain_png"
+    assert list(res["status"]) == ["ok", "error", "ok"]
+    assert list(res["explain_png"]) == ["explain_out_explain/row1_e-1.png", "", "explain_out_explain/row3_e_2_x.png"]
+    for rel in res.loc[res["status"] == "ok", "explain_png"]:
+        assert (out.parent / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp / "explain_out_explain").iterdir()) == ["row1_e-1.png", "row3_e_2_x.png"]
+
+    # Resume keeps ok rows whose PNG exists; a row whose PNG is gone is scored (and drawn) again.
+    again = score_csv(csv, env["scans"], out, client, params.prepare, params.serve, progress=False, explain=True)
+    assert again.n_resumed == 2 and again.n_sent == 0
+    (out.parent / res.loc[2, "explain_png"]).unlink()
+    third = score_csv(csv, env["scans"], out, client, params.prepare, params.serve, progress=False, explain=True)
+    assert third.n_resumed == 1 and third.n_sent == 1
+    assert pd.read_csv(out, dtype=str, keep_default_na=False).equals(res)
+
+    # A missing map makes an error row (score kept, no PNG); no row is lost.
+    def drop_second_cam(patches: np.ndarray) -> list[dict]:
+        answers = client.explain(patches)
+        answers[-1].pop("cam")
+        return answers
+
+    lossy = tmp / "explain_lossy.csv"
+    s = score_csv(csv, env["scans"], lossy, client, params.prepare, params.serve, progress=False, explain=True,
+                  explain_predict=drop_second_cam)
+    got = pd.read_csv(lossy, dtype=str, keep_default_na=False)
+    assert s.n_rows == 3 and s.n_ok == 1 and s.n_error == 2
+    assert list(got["status"]) == ["ok", "error", "error"]
+    assert "no explanation overlay" in got.loc[2, "error"] and "CAM" in got.loc[2, "error"]
+    assert got.loc[2, "probability"] != "" and got.loc[2, "explain_png"] == ""
 
 
 def test_score_folder_moves_inputs_and_writes_outbox(env) -> None:

@@ -103,6 +103,21 @@ def _train_and_check(tmp: Path) -> None:
     np.testing.assert_allclose(prob, out.test.prob, rtol=1e-4, atol=1e-5)  # same weights as the run's test
     assert loaded.predict(X[:3].astype(np.float32)).shape == (3,)
 
+    # `naslung evaluate-run --fold`: reporting on folds the run never fitted; its own folds are refused
+    import argparse
+
+    import yaml
+
+    from naslung.commands.train import _evaluate
+    from naslung.params import to_dict
+
+    pfile = tmp / "params.yaml"
+    pfile.write_text(yaml.safe_dump(to_dict(params)))
+    ns = argparse.Namespace(params=str(pfile), run_id=out.run_id, artifacts=str(store_dir))
+    assert _evaluate(argparse.Namespace(**vars(ns), fold=1)) == 0
+    with pytest.raises(SystemExit, match="training/validation data"):
+        _evaluate(argparse.Namespace(**vars(ns), fold=out.split.val_fold))
+
 
 def test_training_run_is_recorded_in_sqlite_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

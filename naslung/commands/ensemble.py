@@ -21,7 +21,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "selected.json) once per test fold in ensemble.folds with the honest protocol; save the "
                     "deploy-fold ensemble to <ensemble.out_dir>/model and the index training.json.",
     )
-    tr.add_argument("--members", help="JSON list of member specs (default: params ensemble.members)")
+    tr.add_argument("--members", nargs="+", metavar="JSON",
+                    help="selection file(s), JSON lists of member specs, e.g. search/selected.json "
+                         "search/dnas/selected.json (default: params ensemble.members)")
     tr.add_argument("--no-log", action="store_true", help="do not log member training runs to MLflow")
     tr.set_defaults(func=_train)
 

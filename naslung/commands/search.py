@@ -1,4 +1,5 @@
-"""``naslung search``: POP architecture search as the Prefect flow ``search`` (resumable, tracked in MLflow)."""
+"""``naslung search``: the architecture search (POP or DNAS, ``search.strategy``) as the Prefect flow
+``search`` (resumable, tracked in MLflow)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import argparse
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "search",
-        help="Partial Order Pruning architecture search (Prefect flow, MLflow runs)",
+        help="architecture search: Partial Order Pruning or DNAS (Prefect flow, MLflow runs)",
         description=(
-            "Search the accuracy/latency Pareto front with Partial Order Pruning. Each candidate trains on the "
-            "training folds and is scored on the validation fold (never the test fold). Re-running with the "
-            "same --search-id (default: a hash of the search configuration) resumes a killed search without "
-            "retraining finished candidates. Writes front.json, selected.json, pareto.png and summary.json."
+            "Search the accuracy/latency Pareto front with the strategy of search.strategy (or --strategy): "
+            "pop = Partial Order Pruning over NASLung nets, dnas = differentiable search over MBConv nets "
+            "(params section dnas) whose derived architectures are retrained from scratch. Every model trains "
+            "on the training folds and is scored on the validation fold (never the test fold). Re-running "
+            "with the same --search-id (default: a hash of the configuration and of the data) resumes a "
+            "killed search without retraining finished models. Writes front.json, selected.json, pareto.png "
+            "and summary.json into search.out_dir (or --out-dir)."
         ),
     )
     add_arguments(parser)
@@ -22,8 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``naslung search`` (also used by ``python -m flows.search``)."""
-    parser.add_argument("--budget", type=int, help="most candidates to train (default: search.budget)")
-    parser.add_argument("--epochs", type=int, help="training epochs per candidate (default: search.epochs)")
+    parser.add_argument("--strategy", choices=["pop", "dnas"], help="search strategy (default: search.strategy)")
+    parser.add_argument("--budget", type=int, help="POP: most candidates to train (default: search.budget)")
+    parser.add_argument("--epochs", type=int, help="POP: training epochs per candidate (default: search.epochs)")
     parser.add_argument("--runner", choices=["local", "dask"], help="task runner (default: search.runner)")
     parser.add_argument("--batch-size", type=int, help="candidates per iteration (default: search.batch_size)")
     parser.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786 (implies --runner dask)")
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         "runner": "dask" if args.dask_address else args.runner,
         "batch_size": args.batch_size,
         "dask_address": args.dask_address,
+        "strategy": getattr(args, "strategy", None),
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     for key in ("budget", "epochs", "batch_size"):
@@ -56,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from flows.search import run_search
 
     summary = run_search(params, args.search_id, args.artifacts, args.out_dir, progress=not args.quiet)
+    if summary.get("strategy") == "dnas":
+        print(
+            f"dnas: derived {summary['trained']} (reused {summary['reused']})  front {summary['front_size']}  "
+            f"selected {summary['selected']}  best {summary['best_spec']} (val acc {summary['best_accuracy']:.3f})  "
+            f"wall {summary['wall_seconds']:.1f} s  search id {summary['search_id']}"
+        )
+        return 0
     print(
         f"space {summary['space_size']:,}  trained {summary['trained']}  pruned {summary['pruned']}  "
         f"front {summary['front_size']}  fraction trained {summary['fraction_trained']:.6f}  "

@@ -127,42 +127,13 @@ def build_mar(
     return model_store / f"{name}.mar"
 
 
-def download_registered_ensemble(params: Any, dest: Path, alias: str | None = None,
-                                 version: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Download the ``ensemble`` artifact of ``registry.name`` at ``alias`` or ``version`` into ``dest``.
-
-    Returns (ensemble dir, {"version", "run_id", "source", "aliases"}). Goes through
-    :func:`naslung.registry.configure` for the tracking/registry URI.
-    """
-    import mlflow
-    import yaml
-    from mlflow import MlflowClient
-
-    from naslung import registry
-
-    if (alias is None) == (version is None):
-        raise ValueError("give exactly one of alias / version")
-    registry.configure(params)
-    name = model_name_of(params)
-    client = MlflowClient()
-    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
-    uri = f"models:/{name}/{mv.version}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
-    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
-    if "ensemble" not in artifacts:
-        raise ValueError(f"{uri}: the registered model has no 'ensemble' artifact (found {sorted(artifacts)})")
-    ens_dir = local / artifacts["ensemble"]["path"]
-    meta = {"version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-            "aliases": list(getattr(mv, "aliases", []) or [])}
-    return ens_dir, meta
-
-
 def package_from_registry(params: Any, alias: str | None, version: str | None) -> Path:
     """Resolve the registered model (alias or explicit version) and build its .mar in the model store."""
+    from naslung import registry
+
     name = model_name_of(params)
     with tempfile.TemporaryDirectory(prefix="naslung-pkg-") as tmp:
-        ens_dir, meta = download_registered_ensemble(params, Path(tmp), alias=alias, version=version)
+        ens_dir, meta = registry.download_ensemble(params, Path(tmp), alias=alias, version=version)
         info = {
             "name": name,
             "version": meta["version"],
@@ -420,12 +391,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="score a hospital nodule CSV through TorchServe",
         description="Validate the CSV (per-row errors), cut patches from scans inside --scans, send them to "
         "the running TorchServe, write every input row with probability/label/votes/model_version/status/"
-        "error. Re-running with the same --out resumes (rows already ok are not re-sent).",
+        "error. Re-running with the same --out resumes (rows already ok are not re-sent). With --explain the "
+        "patches go to TorchServe's Explanations API and each ok row also gets a CAM overlay PNG in "
+        "<out stem>_explain/ (column explain_png).",
     )
     score.add_argument("csv", help="nodule CSV: seriesuid, coordX, coordY, coordZ (world mm) [, nodule_id]")
     score.add_argument("--scans", required=True, help="folder holding <seriesuid>.mhd scans (searched recursively)")
     score.add_argument("--out", required=True, help="results CSV (resumed when it exists)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.add_argument("--explain", action="store_true",
+                       help="also fetch class activation maps (POST /explanations/<model>) and write one PNG "
+                       "overlay per ok row into <out stem>_explain/ beside --out; the CSV gains explain_png "
+                       "(slower: one more pass over the members, plus rendering)")
     score.set_defaults(func=_score)
 
 
@@ -480,6 +457,6 @@ def _score(args: argparse.Namespace) -> int:
         timeout_s=s.response_timeout_s,
     )
     summary = score_csv(Path(args.csv), Path(args.scans), Path(args.out), client, params.prepare, s,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, explain=bool(getattr(args, "explain", False)))
     print(summary.describe())
     return 0 if summary.file_error is None else 1

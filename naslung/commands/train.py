@@ -132,11 +132,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"run {args.run_id}: spec {info['params'].get('spec')} fold {info['params'].get('fold')}")
     print("logged test metrics: " + ", ".join(f"{k[5:]}={v:.3f}" for k, v in test.items()))
     if args.fold is not None:
+        import json
         from pathlib import Path
 
         from naslung.data.store import PatchStore
         from naslung.metrics import binary_metrics
 
+        seen = {int(info["params"]["val_fold"])} | set(json.loads(info["params"].get("train_folds", "[]")))
+        if args.fold in seen:
+            raise SystemExit(f"evaluate-run: fold {args.fold} was training/validation data of run {args.run_id} "
+                             f"(train folds {sorted(seen - {int(info['params']['val_fold'])})}, validation fold "
+                             f"{info['params']['val_fold']}); scoring it would report fitted data as a result")
         store = PatchStore.open(Path(args.artifacts or params.paths.artifacts))
         X, y, _ = store.arrays([args.fold])
         model = tracking.load_model(info["model_uri"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,16 @@ def _baseline_folds(artifacts: Path, folds: list[int]) -> Any:
     return diameter_baseline_folds(pd.read_csv(manifest), [int(f) for f in folds])
 
 
+def selection_leak_folds(params: Params, folds: Sequence[int]) -> list[int]:
+    """Test folds whose figures are optimistic because the architecture search saw them.
+
+    Members taken from the search's selection (``ensemble.specs`` empty) were chosen by a search that held
+    out only ``search.fold``; every other fold was among its training/validation folds."""
+    if params.ensemble.specs:
+        return []
+    return [int(f) for f in folds if int(f) != int(params.search.fold)]
+
+
 def evaluate_ensemble(params: Params, out_path: str | Path | None = None, plots_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate members and ensemble over ``params.ensemble.folds``; write metrics.json and plots.
 
@@ -165,7 +176,14 @@ def evaluate_ensemble(params: Params, out_path: str | Path | None = None, plots_
         "size_curve": size_curve(preds, params.ensemble.sizes, params.ensemble.size_repeats, params.seed),
         "diameter_baseline": _baseline(Path(params.paths.artifacts)),
         "diameter_baseline_folds": _baseline_folds(Path(params.paths.artifacts), list(preds)),
+        "selection_leak_folds": selection_leak_folds(params, folds),
     }
+    if result["selection_leak_folds"]:
+        warnings.warn(
+            f"evaluate: test folds {result['selection_leak_folds']} were training/validation data of the search "
+            f"(search.fold {params.search.fold}) that chose the member architectures: their figures are optimistic",
+            stacklevel=2,
+        )
     # flat headline numbers for `dvc metrics show`
     result["summary"] = {
         **{f"ensemble_{n}_mean": result["ensemble"]["mean_std"][n]["mean"] for n in METRIC_NAMES},

@@ -1,4 +1,7 @@
-"""The deployable ensemble: k trained NASLung networks combined by majority vote.
+"""The deployable ensemble: k trained networks combined by majority vote.
+
+Members may be NASLung nets (:class:`~naslung.models.spec.ArchSpec`) and DNAS-derived MBConv nets
+(:class:`~naslung.models.mbconv.DnasArch`) in any mix; :mod:`naslung.models.factory` builds either kind.
 
 Inputs are patches X of shape (n, 1, 32, 32, 32) or (n, 32, 32, 32), float32 in [0, 1], numpy order
 (z, y, x), 1 mm isotropic voxels. Each member gives the malignancy probability
@@ -6,8 +9,9 @@ Inputs are patches X of shape (n, 1, 32, 32, 32) or (n, 32, 32, 32), float32 in 
 says malignant when more than ``floor(k / 2)`` members vote malignant (the paper's rule). The mean member
 probability is the ensemble's continuous score (ROC / AUC, ranking).
 
-On disk (:meth:`Ensemble.save`): ``members.json`` (specs, member names, margin_m) and one
-``member_<i>.pt`` state dict per member, readable with ``torch.load(..., weights_only=True)``.
+On disk (:meth:`Ensemble.save`): ``members.json`` (specs — a DNAS spec carries ``"kind": "dnas"`` —,
+member names, margin_m) and one ``member_<i>.pt`` state dict per member, readable with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from naslung.models.net import build_model
-from naslung.models.spec import ArchSpec
+from naslung.models.factory import AnySpec, build, spec_from_dict
 
 MEMBERS_FILE = "members.json"
 
@@ -57,12 +60,12 @@ class EnsemblePrediction:
 
 
 class Ensemble:
-    """k NASLung networks on one device, predicting by majority vote (see the module docstring)."""
+    """k networks (NASLungNet / DnasNet) on one device, predicting by majority vote (see the module docstring)."""
 
     def __init__(
         self,
         members: Sequence[nn.Module],
-        specs: Sequence[ArchSpec],
+        specs: Sequence[AnySpec],
         member_names: Sequence[str],
         margin_m: int = 4,
         device: str = "cpu",
@@ -141,12 +144,12 @@ class Ensemble:
         members, specs, names = [], [], []
         for i, entry in enumerate(meta.get("members", [])):
             try:
-                spec = ArchSpec.from_dict(entry["spec"])
+                spec = spec_from_dict(entry["spec"])
                 weights = d / entry.get("weights", f"member_{i}.pt")
                 name = str(entry["name"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"Ensemble.load: {meta_path} member {i} is malformed: {exc}") from exc
-            model = build_model(spec, margin_m=margin)
+            model = build(spec, margin_m=margin)
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             members.append(model)
             specs.append(spec)

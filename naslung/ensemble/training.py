@@ -9,8 +9,11 @@ content-addressed cache folder ``<ensemble.out_dir>/members/<spec_id>-fold<k>-<k
 * ``member.json`` — spec, fold split, MLflow run id, validation and test metrics, and the test-fold
   predictions (nodule ids, labels, malignancy probabilities) used by the ensemble evaluation.
 
-``key`` hashes (spec, fold, data version, params hash), so a re-run (e.g. after a crash) skips every
-member already finished and a change of data or params retrains. The members of
+``key`` hashes (spec id, spec, fold, data version, params hash), so a re-run (e.g. after a crash) skips
+every member already finished and a change of data or params retrains. Members may be NASLung nets
+(:class:`~naslung.models.spec.ArchSpec`, ids ``m1-...``) and DNAS-derived MBConv nets
+(:class:`~naslung.models.mbconv.DnasArch`, ids ``d-...``) mixed in one ensemble (see
+:mod:`naslung.models.factory`). The members of
 ``ensemble.deploy_fold`` form the deployable :class:`~naslung.ensemble.model.Ensemble` saved to
 ``<out_dir>/model``; ``<out_dir>/training.json`` indexes everything for the evaluate / register steps.
 """
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from naslung.lineage import file_md5, stage_outs_md5
-from naslung.models.spec import ArchSpec
+from naslung.models.factory import AnySpec, build, parse_member_spec, spec_flops, spec_from_dict
 from naslung.params import Params
 
 INDEX_FILE = "training.json"
@@ -42,45 +45,49 @@ WEIGHTS_FILE = "weights.pt"
 # --- member specs ------------------------------------------------------------------------------------
 
 
-def _spec_from_entry(entry: Any, params: Params, where: str) -> ArchSpec:
+def _spec_from_entry(entry: Any, params: Params, where: str) -> AnySpec:
     e = params.ensemble
-    if isinstance(entry, str):
-        return ArchSpec.parse(entry, cbam=e.cbam, head=e.head)
-    if isinstance(entry, dict):
-        for key in ("spec", "arch"):
-            if key in entry:
-                return _spec_from_entry(entry[key], params, where)
-        for key in ("ref", "ref_string"):
-            if key in entry and isinstance(entry[key], str):
-                return ArchSpec.parse(entry[key], cbam=e.cbam, head=e.head)
-        try:
-            return ArchSpec.from_dict(entry)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: cannot read an architecture spec from {entry!r}: {exc}") from exc
-    raise ValueError(f"{where}: a member spec must be a string or a mapping, got {entry!r}")
+    try:
+        return parse_member_spec(entry, cbam=e.cbam, head=e.head)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: cannot read an architecture spec from {entry!r}: {exc}") from exc
 
 
-def member_specs(params: Params, source: str | Path | None = None) -> list[ArchSpec]:
-    """The member specs: ``ensemble.specs`` when non-empty, else the JSON list in ``ensemble.members``.
+def _selection_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(source, (str, Path)):
+        return [Path(source)]
+    return [Path(p) for p in source]
 
-    The JSON (the search's ``selected.json``) may be a list of spec dicts / spec strings / records holding
-    a ``spec`` entry, or a mapping with a ``selected`` list. Duplicate specs are dropped (first kept).
+
+def member_specs(params: Params, source: str | Path | Sequence[str | Path] | None = None) -> list[AnySpec]:
+    """The member specs: ``ensemble.specs`` when non-empty, else the JSON list(s) in ``ensemble.members``.
+
+    ``ensemble.members`` (or ``source``) is one selection file or a list of them, e.g. the POP selection
+    ``search/selected.json`` and the DNAS selection ``search/dnas/selected.json``; their members are
+    concatenated in the order given. Each JSON (a search's ``selected.json``) may be a list of spec dicts
+    (``ArchSpec`` or ``{"kind": "dnas", ...}``) / spec strings / records holding a ``spec`` entry, or a
+    mapping with a ``selected`` list. ``ensemble.specs`` entries may be spec strings or DNAS dicts.
+    Duplicate specs (same ``spec_id``) are dropped, the first kept.
     """
     if params.ensemble.specs and source is None:
         specs = [_spec_from_entry(s, params, "params ensemble.specs") for s in params.ensemble.specs]
     else:
-        path = Path(source or params.ensemble.members)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: member list not found (run `naslung search` first or set ensemble.specs in params)"
-            )
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = data.get("selected", data.get("specs"))
-        if not isinstance(data, list) or not data:
-            raise ValueError(f"{path}: expected a non-empty JSON list of member specs")
-        specs = [_spec_from_entry(d, params, f"{path} entry {i}") for i, d in enumerate(data)]
-    unique: dict[str, ArchSpec] = {}
+        paths = _selection_paths(source if source is not None else params.ensemble.members)
+        if not paths:
+            raise ValueError("ensemble.members: no selection file given")
+        specs = []
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path}: member list not found (run `naslung search` first or set ensemble.specs in params)"
+                )
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                data = data.get("selected", data.get("specs"))
+            if not isinstance(data, list) or not data:
+                raise ValueError(f"{path}: expected a non-empty JSON list of member specs")
+            specs += [_spec_from_entry(d, params, f"{path} entry {i}") for i, d in enumerate(data)]
+    unique: dict[str, AnySpec] = {}
     for s in specs:
         unique.setdefault(s.spec_id, s)
     return list(unique.values())
@@ -125,9 +132,10 @@ def member_params_hash(params: Params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def member_key(spec: ArchSpec, fold: int, data_hash: str, params_hash: str) -> str:
-    """Cache key of one member: (spec, test fold, data hash, params hash)."""
-    blob = json.dumps({"spec": spec.to_dict(), "fold": int(fold), "data": data_hash, "params": params_hash}, sort_keys=True)
+def member_key(spec: AnySpec, fold: int, data_hash: str, params_hash: str) -> str:
+    """Cache key of one member: (spec id, spec, test fold, data hash, params hash)."""
+    blob = json.dumps({"spec_id": spec.spec_id, "spec": spec.to_dict(), "fold": int(fold), "data": data_hash,
+                       "params": params_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -153,8 +161,9 @@ class MemberRecord:
     latency_ms_per_nodule: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
-    def arch(self) -> ArchSpec:
-        return ArchSpec.from_dict(self.spec)
+    def arch(self) -> AnySpec:
+        """The member's spec: ``ArchSpec`` or (for ``"kind": "dnas"``) ``DnasArch``."""
+        return spec_from_dict(self.spec)
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Test-fold (ids (n,) str, y (n,) int64, prob (n,) float64) of this member."""
@@ -182,7 +191,7 @@ def load_cached(member_dir: Path) -> MemberRecord | None:
 
 def train_member(
     params: Params,
-    spec: ArchSpec,
+    spec: AnySpec,
     fold: int,
     data_hash: str,
     *,
@@ -235,7 +244,7 @@ def _write_member(
 
 def score_member(
     params: Params,
-    spec: ArchSpec,
+    spec: AnySpec,
     fold: int,
     data_hash: str,
     model: torch.nn.Module,
@@ -249,7 +258,7 @@ def score_member(
     used for externally trained or fixed models. Replaces a cached member with the same key.
     """
     from naslung.data.store import PatchStore
-    from naslung.models.complexity import count_flops, count_params
+    from naslung.models.complexity import count_params
     from naslung.train.loop import predict_proba
     from naslung.train.protocol import held_out_test, make_split
 
@@ -263,7 +272,7 @@ def score_member(
     rec = MemberRecord(
         name=spec.spec_id, spec=spec.to_dict(), spec_id=spec.spec_id, fold=int(fold), key=key, dir=str(mdir),
         run_id=run_id, val={}, test={k: float(v) for k, v in result.metrics.items()}, best_epoch=0,
-        n_params=int(count_params(model)), flops=int(count_flops(spec)),
+        n_params=int(count_params(model)), flops=int(spec_flops(spec)),
     )
     return _write_member(mdir, rec, model, asdict(split), result.ids, result.y, result.prob)
 
@@ -271,13 +280,12 @@ def score_member(
 def build_ensemble(records: Sequence[MemberRecord], margin_m: int, device: str = "cpu") -> Any:
     """An :class:`~naslung.ensemble.model.Ensemble` of the given members (weights from their cache folders)."""
     from naslung.ensemble.model import Ensemble
-    from naslung.models.net import build_model
 
     if not records:
         raise ValueError("build_ensemble: no members")
     members = []
     for r in records:
-        m = build_model(r.arch(), margin_m=margin_m)
+        m = build(r.arch(), margin_m=margin_m)
         m.load_state_dict(torch.load(Path(r.dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
         members.append(m)
     return Ensemble(members, [r.arch() for r in records], [r.name for r in records], margin_m=margin_m, device=device)
@@ -285,7 +293,7 @@ def build_ensemble(records: Sequence[MemberRecord], margin_m: int, device: str =
 
 def train_ensemble(
     params: Params,
-    specs: Sequence[ArchSpec] | None = None,
+    specs: Sequence[AnySpec] | None = None,
     *,
     log: bool = True,
     progress: bool = True,
@@ -311,7 +319,7 @@ def train_ensemble(
     return write_index(params, specs, records, data)
 
 
-def write_index(params: Params, specs: Sequence[ArchSpec], records: Sequence[MemberRecord], data: dict[str, Any]) -> dict[str, Any]:
+def write_index(params: Params, specs: Sequence[AnySpec], records: Sequence[MemberRecord], data: dict[str, Any]) -> dict[str, Any]:
     """Save the ``deploy_fold`` ensemble to ``<out_dir>/model`` and write ``<out_dir>/training.json``."""
     e = params.ensemble
     out = Path(e.out_dir)

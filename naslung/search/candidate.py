@@ -30,6 +30,7 @@ from naslung.search.pop import Evaluated
 from naslung.search.space import Stages
 
 if TYPE_CHECKING:  # pragma: no cover
+    from naslung.models.factory import AnySpec
     from naslung.models.spec import ArchSpec
     from naslung.train.protocol import DevData
 
@@ -90,22 +91,23 @@ def latency_unit(search: SearchParams) -> str:
 
 
 def spec_latency(
-    spec: "ArchSpec", search: SearchParams, latency: LatencyParams, device: str = "cpu", margin_m: int = 4
+    spec: "AnySpec", search: SearchParams, latency: LatencyParams, device: str = "cpu", margin_m: int = 4
 ) -> tuple[float, dict[str, Any]]:
-    """Latency of ``spec`` per ``search.latency_source`` (see module docstring) and the measurement detail."""
+    """Latency of ``spec`` (an ``ArchSpec`` or a DNAS ``DnasArch``) per ``search.latency_source`` (see
+    module docstring) and the measurement detail."""
     unit = latency_unit(search)
     if search.latency_source == "flops":
-        from naslung.models.complexity import count_flops
+        from naslung.models.factory import spec_flops
 
-        flops = int(count_flops(spec))
+        flops = int(spec_flops(spec))
         return flops / 1e6, {"unit": unit, "flops": flops}
     import torch
 
     from naslung.latency import measure_latency
-    from naslung.models.net import build_model
+    from naslung.models.factory import build
 
     torch.manual_seed(0)
-    model = build_model(spec, margin_m=margin_m).to(device)
+    model = build(spec, margin_m=margin_m).to(device)
     detail = measure_latency(
         model, batch_size=int(latency.batch_sizes[0]), device=device, warmup=latency.warmup, repeats=latency.repeats
     )

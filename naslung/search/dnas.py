@@ -3,9 +3,10 @@
 Tensors are channels-first ``(N, C, D, H, W)`` in voxels; input patches ``(N, 1, 32, 32, 32)`` float32 in
 [0, 1], numpy order ``(z, y, x)``.
 
-Search space (:class:`DnasSpace`): a stride-2 stem conv (``32^3 -> 16^3``), then ``len(layers)``
-searchable layers ``(c_out, stride)`` (default 16^3 -> 8^3 -> 4^3), then a 1x1x1 head conv, global average
-pooling and a linear classifier (2 classes). Each searchable layer picks one op from
+Search space (:class:`DnasSpace`, defined with :class:`DnasArch`, :class:`MBConv3d` and :class:`DnasNet` in
+:mod:`naslung.models.mbconv` and re-exported here): a stride-2 stem conv (``32^3 -> 16^3``), then
+``len(layers)`` searchable layers ``(c_out, stride)`` (default 16^3 -> 8^3 -> 4^3), then a 1x1x1 head conv,
+global average pooling and a linear classifier (2 classes). Each searchable layer picks one op from
 ``k{K}_e{E}`` = :class:`MBConv3d` (1x1x1 expand x E, depthwise KxKxK, 1x1x1 project; BN; ReLU6; residual
 when shape preserving) for K in ``kernels`` x E in ``expansions``, plus ``skip`` where the layer keeps the
 shape (stride 1, same width).
@@ -28,15 +29,12 @@ after ``warmup_epochs`` of weight-only training every step alternates one weight
 batch and one α update on a batch of the α split (held-out rows of the training folds). The final
 architecture is ``argmax α`` per layer (:func:`derive`); :func:`derive_top` gives the ``k`` most probable
 architectures (beam search on the product of per-layer softmax(α)). :class:`DnasNet` builds a derived
-architecture as a standalone model that trains from scratch (:func:`fit_derived`) and predicts like
-``NASLungNet`` (``forward -> (N, 2)`` logits, ``features``, ``feature_maps (N, C, 4, 4, 4)``,
-``forward_maps`` and a linear ``head`` for class activation maps).
+architecture as a standalone model; it trains from scratch with :func:`naslung.train.loop.fit` like any
+``ArchSpec`` (see :mod:`naslung.search.dnas_run` for the whole search-and-retrain run).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,160 +46,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-N_CLASSES = 2
-SKIP = "skip"
+from naslung.models.mbconv import (  # noqa: F401 - re-exported: the public names of the DNAS space
+    N_CLASSES,
+    SKIP,
+    DnasArch,
+    DnasNet,
+    DnasSpace,
+    MBConv3d,
+    build_dnas_model,
+    head_conv_block,
+    make_op,
+    parse_op,
+    stem_block,
+)
+
+__all__ = [
+    "N_CLASSES", "SKIP", "DnasArch", "DnasNet", "DnasSpace", "MBConv3d", "MixedOp", "SearchResult", "Supernet",
+    "alpha_entropy", "build_dnas_model", "derive", "derive_top", "gumbel_straight_through", "make_op", "parse_op",
+    "search", "space_from_params", "split_alpha", "tau_at",
+]
 
 
-# --------------------------------------------------------------------------------------------- space
-
-
-@dataclass(frozen=True)
-class DnasSpace:
-    """Supernet layout: stem width, searchable layers ``(c_out, stride)``, head width, op grid."""
-
-    stem: int = 8
-    layers: tuple[tuple[int, int], ...] = ((8, 1), (16, 2), (16, 1), (32, 2), (32, 1))
-    head_channels: int = 32
-    kernels: tuple[int, ...] = (3, 5, 7)
-    expansions: tuple[int, ...] = (3, 4, 6)
-    skip: bool = True
-    in_channels: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple((int(c), int(s)) for c, s in self.layers))
-        object.__setattr__(self, "kernels", tuple(int(k) for k in self.kernels))
-        object.__setattr__(self, "expansions", tuple(int(e) for e in self.expansions))
-        if not self.layers:
-            raise ValueError("DnasSpace: at least one searchable layer is needed")
-        if any(k % 2 != 1 or k < 1 for k in self.kernels):
-            raise ValueError(f"DnasSpace: kernels must be odd, got {self.kernels}")
-        if any(s not in (1, 2) for _, s in self.layers):
-            raise ValueError(f"DnasSpace: strides must be 1 or 2, got {self.layers}")
-
-    def layer_io(self) -> list[tuple[int, int, int]]:
-        """``(c_in, c_out, stride)`` of each searchable layer."""
-        out, c = [], self.stem
-        for c_out, stride in self.layers:
-            out.append((c, c_out, stride))
-            c = c_out
-        return out
-
-    def candidates(self, layer: int) -> list[str]:
-        """Op names of a layer: ``k{K}_e{E}`` for the grid, plus ``skip`` when the layer keeps the shape."""
-        c_in, c_out, stride = self.layer_io()[layer]
-        ops = [f"k{k}_e{e}" for k in self.kernels for e in self.expansions]
-        if self.skip and stride == 1 and c_in == c_out:
-            ops.append(SKIP)
-        return ops
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stem": self.stem, "layers": [list(x) for x in self.layers], "head_channels": self.head_channels,
-            "kernels": list(self.kernels), "expansions": list(self.expansions), "skip": self.skip,
-            "in_channels": self.in_channels,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DnasSpace":
-        return cls(**{**d, "layers": tuple(tuple(x) for x in d["layers"])})
-
-
-def parse_op(name: str) -> tuple[int, int]:
-    """``"k5_e4" -> (5, 4)`` (kernel, expansion); raises on ``skip`` or a bad name."""
-    try:
-        k, e = name.split("_")
-        if k[0] != "k" or e[0] != "e":
-            raise ValueError
-        return int(k[1:]), int(e[1:])
-    except (ValueError, IndexError):
-        raise ValueError(f"bad DNAS op name {name!r}; expected 'k<K>_e<E>' or 'skip'") from None
-
-
-@dataclass(frozen=True)
-class DnasArch:
-    """A derived architecture: the space and one op name per searchable layer."""
-
-    space: DnasSpace
-    ops: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ops", tuple(self.ops))
-        if len(self.ops) != len(self.space.layers):
-            raise ValueError(f"DnasArch: {len(self.ops)} ops for {len(self.space.layers)} layers")
-        for i, op in enumerate(self.ops):
-            if op not in self.space.candidates(i):
-                raise ValueError(f"DnasArch: op {op!r} is not a candidate of layer {i}: {self.space.candidates(i)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "dnas", "space": self.space.to_dict(), "ops": list(self.ops)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DnasArch":
-        return cls(DnasSpace.from_dict(d["space"]), tuple(d["ops"]))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DnasArch":
-        return cls.from_dict(json.loads(text))
-
-    @property
-    def arch_id(self) -> str:
-        """Short stable id (sha256 of the canonical JSON, 10 hex digits)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
-
-    def ref_string(self) -> str:
-        """Readable form, e.g. ``dnas[k3_e3,skip,k5_e6,...]``."""
-        return "dnas[" + ",".join(self.ops) + "]"
-
-    def __str__(self) -> str:
-        return self.ref_string()
-
-
-# --------------------------------------------------------------------------------------------- blocks
-
-
-class MBConv3d(nn.Module):
-    """Inverted residual: 1x1x1 expand (x ``expansion``) + BN + ReLU6, depthwise ``kernel``^3 (stride) + BN +
-    ReLU6, 1x1x1 project + BN; identity residual when ``stride == 1`` and ``c_in == c_out``.
-    ``(N, c_in, S, S, S) -> (N, c_out, ceil(S / stride), ...)``."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, expansion: int, stride: int = 1) -> None:
-        super().__init__()
-        hidden = c_in * expansion
-        self.block = nn.Sequential(
-            nn.Conv3d(c_in, hidden, 1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv3d(hidden, hidden, kernel, stride=stride, padding=kernel // 2, groups=hidden, bias=False),
-            nn.BatchNorm3d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv3d(hidden, c_out, 1, bias=False), nn.BatchNorm3d(c_out),
-        )
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        return x + out if self.residual else out
-
-
-def make_op(name: str, c_in: int, c_out: int, stride: int) -> nn.Module:
-    """The module of op ``name`` (``skip`` -> identity, only for shape-preserving layers)."""
-    if name == SKIP:
-        if stride != 1 or c_in != c_out:
-            raise ValueError(f"skip needs stride 1 and c_in == c_out, got {c_in}->{c_out} stride {stride}")
-        return nn.Identity()
-    k, e = parse_op(name)
-    return MBConv3d(c_in, c_out, k, e, stride)
-
-
-def _stem(space: DnasSpace) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(space.in_channels, space.stem, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm3d(space.stem), nn.ReLU6(inplace=True),
-    )
-
-
-def _head_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU6(inplace=True))
+# --------------------------------------------------------------------------------------------- supernet
 
 
 def gumbel_straight_through(
@@ -247,12 +113,12 @@ class Supernet(nn.Module):
         if mixed not in ("sampled", "all"):
             raise ValueError(f"mixed must be 'sampled' or 'all', got {mixed!r}")
         self.space, self.mixed, self.tau = space, mixed, 1.0
-        self.stem = _stem(space)
+        self.stem = stem_block(space)
         self.cells = nn.ModuleList(
             MixedOp(space.candidates(i), ci, co, s) for i, (ci, co, s) in enumerate(space.layer_io())
         )
         self.alphas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(c.names))) for c in self.cells)
-        self.head_conv = _head_conv(space.layers[-1][0], space.head_channels)
+        self.head_conv = head_conv_block(space.layers[-1][0], space.head_channels)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.head = nn.Linear(space.head_channels, N_CLASSES)
         self.generator = torch.Generator().manual_seed(seed)
@@ -296,57 +162,6 @@ def derive_top(supernet: Supernet, k: int = 1) -> list[tuple[DnasArch, float]]:
     return [
         (DnasArch(supernet.space, tuple(c.names[j] for c, j in zip(supernet.cells, ops))), s) for s, ops in beams
     ]
-
-
-class DnasNet(nn.Module):
-    """Standalone model of a derived :class:`DnasArch` (trains from scratch; predicts like ``NASLungNet``).
-
-    ``forward(x) -> (N, 2)`` logits; ``features(x) -> (N, C)`` (C = ``head_channels``);
-    ``feature_maps(x) -> (N, C, 4, 4, 4)`` for a 32^3 input; ``head`` is ``nn.Linear(C, 2)``.
-    """
-
-    def __init__(self, arch: DnasArch) -> None:
-        super().__init__()
-        self.arch = arch
-        space = arch.space
-        self.stem = _stem(space)
-        self.layers = nn.Sequential(*(make_op(op, ci, co, s) for op, (ci, co, s) in zip(arch.ops, space.layer_io())))
-        self.head_conv = _head_conv(space.layers[-1][0], space.head_channels)
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.head = nn.Linear(space.head_channels, N_CLASSES)
-
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or x.shape[1] != self.arch.space.in_channels:
-            raise ValueError(f"DnasNet expects input (N, 1, D, H, W), got shape {tuple(x.shape)}")
-        return self.head_conv(self.layers(self.stem(x)))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.feature_maps(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def forward_train(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)
-
-    def forward_maps(self, x: torch.Tensor) -> dict[str, Any]:
-        """Same keys as ``NASLungNet.forward_maps``; no CBAM, so the attention entries are ``None``."""
-        maps = self.feature_maps(x)
-        f = self.pool(maps).flatten(1)
-        return {"logits": self.head(f), "features": f, "feature_maps": maps,
-                "spatial_attention": None, "channel_attention": None}
-
-    def extra_repr(self) -> str:
-        return f"arch={self.arch.ref_string()!r}, arch_id={self.arch.arch_id}"
-
-
-def build_dnas_model(arch: DnasArch | dict[str, Any] | str) -> DnasNet:
-    """:class:`DnasNet` from a :class:`DnasArch`, its ``to_dict()`` or its JSON."""
-    if isinstance(arch, str):
-        arch = DnasArch.from_json(arch)
-    elif isinstance(arch, dict):
-        arch = DnasArch.from_dict(arch)
-    return DnasNet(arch)
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -496,144 +311,7 @@ def split_alpha(
     return (X[~mask], y[~mask]), (X[mask], y[mask])
 
 
-# --------------------------------------------------------------------------------------------- retraining
-
-
-@dataclass
-class DerivedFit:
-    """A retrained derived model (best-on-validation weights loaded, eval mode)."""
-
-    model: DnasNet
-    history: list[dict[str, float]]
-    best_epoch: int
-    val_metrics: dict[str, float]
-    seconds: float
-
-
-def fit_derived(
-    arch: DnasArch,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    train_params: Any,
-    epochs: int,
-    seed: int = 0,
-    device: str = "cpu",
-    lr: float | None = None,
-) -> DerivedFit:
-    """Train :class:`DnasNet` ``arch`` from scratch like ``naslung.train.loop.fit`` (Adam with
-    ``train_params`` betas/weight decay, pad-crop/flip augmentation, cross-entropy, selection by validation
-    F1 then AUC then loss, early stopping after ``train_params.patience`` epochs without improvement)."""
-    from naslung.metrics import binary_metrics
-    from naslung.train.augment import augment_batch
-    from naslung.train.loop import _as_tensors, selection_key
-
-    Xtr, ytr = _as_tensors(train, "training")
-    Xva, yva = _as_tensors(val, "validation")
-    torch.manual_seed(seed)
-    model = DnasNet(arch).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr or train_params.lr, betas=tuple(train_params.betas),
-                           weight_decay=train_params.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    bs = int(train_params.batch_size)
-    history: list[dict[str, float]] = []
-    best_key, best_state, best_epoch, best_row, since = None, None, 0, {}, 0
-    start = time.perf_counter()
-    for epoch in range(1, int(epochs) + 1):
-        t0 = time.perf_counter()
-        model.train()
-        run, seen = 0.0, 0
-        for idx in _batches(Xtr.shape[0], bs, gen):
-            xb = augment_batch(Xtr[idx], gen, pad=train_params.pad, flips=train_params.flips).to(device)
-            yb = ytr[idx].to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            run += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        model.eval()
-        with torch.no_grad():
-            logits = torch.cat([model(Xva[i : i + 64].to(device)).cpu() for i in range(0, Xva.shape[0], 64)])
-        val_loss = float(F.cross_entropy(logits, yva))
-        vm = binary_metrics(yva.numpy(), torch.softmax(logits, 1)[:, 1].numpy())
-        row = {"epoch": float(epoch), "train_loss": run / max(seen, 1), "val_loss": val_loss,
-               **{f"val_{k}": float(v) for k, v in vm.items()}, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        key = selection_key(row)
-        if best_key is None or key > best_key:
-            best_key, best_epoch, best_row, since = key, epoch, row, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            since += 1
-        if since >= train_params.patience:
-            break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    return DerivedFit(model, history, best_epoch, {k[4:]: v for k, v in best_row.items() if k.startswith("val_")},
-                      time.perf_counter() - start)
-
-
-def count_macs(model: nn.Module, input_size: int = 32) -> int:
-    """Multiply-adds of one ``(1, 1, S, S, S)`` forward (Conv3d and Linear, counted with hooks)."""
-    total = 0
-
-    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(mod, nn.Conv3d):
-            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.kernel_size[2]
-            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * k
-        elif isinstance(mod, nn.Linear):
-            total += mod.in_features * mod.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 1, input_size, input_size, input_size))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-    return int(total)
-
-
 def space_from_params(p: Any) -> DnasSpace:
     """:class:`DnasSpace` from ``params.dnas`` (:class:`naslung.params.DnasParams`)."""
     return DnasSpace(stem=p.stem, layers=tuple(tuple(x) for x in p.layers), head_channels=p.head_channels,
                      kernels=tuple(p.kernels), expansions=tuple(p.expansions), skip=p.skip)
-
-
-def front_plot(
-    dnas: Sequence[dict[str, Any]], pop_front: Sequence[dict[str, Any]], path: Any,
-    latency_label: str = "latency (ms per nodule)",
-) -> Any:
-    """Validation accuracy vs latency: the POP front (``front.json`` entries) and the DNAS-derived models."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    fr = sorted(pop_front, key=lambda e: e["latency"])
-    if fr:
-        ax.step([e["latency"] for e in fr], [e["accuracy"] for e in fr], where="post", c="tab:red", lw=1.2)
-        ax.scatter([e["latency"] for e in fr], [e["accuracy"] for e in fr], s=30, c="tab:red",
-                   label=f"POP front ({len(fr)})", zorder=3)
-    if dnas:
-        ax.scatter([e["latency"] for e in dnas], [e["accuracy"] for e in dnas], s=60, marker="*", c="tab:blue",
-                   label=f"DNAS derived ({len(dnas)})", zorder=4)
-    ax.set_xlabel(latency_label)
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("POP front vs DNAS-derived models")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

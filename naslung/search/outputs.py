@@ -1,14 +1,17 @@
 """Search outputs in ``search.out_dir``: front.json, selected.json, pareto.png and summary.json.
 
-``front.json`` / ``selected.json``: a list of candidates, each with spec (``ArchSpec.to_dict()``), spec_id,
-ref_string, stages, accuracy (validation, fraction), latency (+ latency_unit), flops (multiply-adds per
-nodule), n_params and the validation metrics. ``summary.json``: see :func:`write_outputs`.
+Both strategies write the same four files. ``front.json`` / ``selected.json``: a list of candidates, each
+with spec (``ArchSpec.to_dict()``, or ``DnasArch.to_dict()`` with ``"kind": "dnas"`` for the DNAS
+strategy), spec_id, ref_string, accuracy (validation, fraction), latency (+ latency_unit), flops
+(multiply-adds per nodule), n_params and the validation metrics; POP entries add ``stages``, DNAS entries
+``ops``, ``log_prob`` and ``strategy``. ``summary.json``: see :func:`write_outputs` /
+:func:`naslung.search.dnas_run.run_dnas_search`; it always holds ``strategy``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from naslung.search.pop import Evaluated, PopResult
 
 _KEEP = ("spec", "spec_id", "ref_string", "stages", "accuracy", "latency", "latency_unit", "flops", "n_params",
          "val_metrics", "best_epoch", "epochs", "run_id")
+_KEEP_DNAS = (*_KEEP, "strategy", "ops", "log_prob")
 
 
 def candidate_entry(e: Evaluated) -> dict[str, Any]:
@@ -28,6 +32,38 @@ def candidate_entry(e: Evaluated) -> dict[str, Any]:
     return out
 
 
+def dnas_entry(record: Mapping[str, Any]) -> dict[str, Any]:
+    """front/selected entry of one retrained DNAS-derived model (a record of ``run_dnas_search``)."""
+    return {k: record[k] for k in _KEEP_DNAS if k in record}
+
+
+def output_paths(out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    return {
+        "front": out / "front.json",
+        "selected": out / "selected.json",
+        "summary": out / "summary.json",
+        "pareto": out / "pareto.png",
+    }
+
+
+def _write(
+    out_dir: str | Path,
+    front: Sequence[Mapping[str, Any]],
+    selected: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    plot: Callable[[Path], Any],
+) -> dict[str, Path]:
+    paths = output_paths(out_dir)
+    paths["front"].parent.mkdir(parents=True, exist_ok=True)
+    paths["front"].write_text(encoding="utf-8", data=json.dumps(list(front), indent=1, default=float))
+    paths["selected"].write_text(encoding="utf-8", data=json.dumps(list(selected), indent=1, default=float))
+    paths["summary"].write_text(encoding="utf-8",
+                                data=json.dumps(dict(summary), indent=1, sort_keys=True, default=float))
+    plot(paths["pareto"])
+    return paths
+
+
 def write_outputs(
     out_dir: str | Path,
     result: PopResult,
@@ -35,17 +71,50 @@ def write_outputs(
     summary: dict[str, Any],
     latency_label: str,
 ) -> dict[str, Path]:
-    """Write the four outputs; returns their paths by name."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "front": out / "front.json",
-        "selected": out / "selected.json",
-        "summary": out / "summary.json",
-        "pareto": out / "pareto.png",
-    }
-    paths["front"].write_text(encoding="utf-8", data=json.dumps([candidate_entry(e) for e in result.front], indent=1))
-    paths["selected"].write_text(encoding="utf-8", data=json.dumps([candidate_entry(e) for e in selected], indent=1))
-    paths["summary"].write_text(encoding="utf-8", data=json.dumps(summary, indent=1, sort_keys=True))
-    pareto_plot(result.trained, result.front, paths["pareto"], selected, latency_label=latency_label)
-    return paths
+    """Write the four outputs of a POP search; returns their paths by name."""
+    return _write(
+        out_dir, [candidate_entry(e) for e in result.front], [candidate_entry(e) for e in selected], summary,
+        lambda p: pareto_plot(result.trained, result.front, p, selected, latency_label=latency_label),
+    )
+
+
+def write_dnas_outputs(
+    out_dir: str | Path,
+    records: Sequence[Mapping[str, Any]],
+    front: Sequence[Mapping[str, Any]],
+    selected: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    latency_label: str,
+    pop_front: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Path]:
+    """Write the four outputs of a DNAS run (``pareto.png``: derived models, their front and selection,
+    and ``pop_front`` — entries of an earlier POP ``front.json`` in the same latency unit — for reference)."""
+    return _write(
+        out_dir, [dnas_entry(r) for r in front], [dnas_entry(r) for r in selected], summary,
+        lambda p: pareto_plot(
+            records, front, p, selected, latency_label=latency_label,
+            title="DNAS: derived models (retrained)" + (" vs the POP front" if pop_front else ""),
+            reference_front=pop_front,
+            trained_label="DNAS derived", front_label="DNAS front",
+        ),
+    )
+
+
+def read_pop_front(path: str | Path, latency_unit: str) -> list[dict[str, Any]]:
+    """POP entries of a ``front.json`` (none when the file is absent, is a DNAS front, or was measured in
+    another latency unit — fronts in different units are never drawn together)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(data, list):
+        return []
+    return [
+        e for e in data
+        if isinstance(e, dict) and "accuracy" in e and "latency" in e
+        and not (isinstance(e.get("spec"), dict) and e["spec"].get("kind") == "dnas")
+        and e.get("latency_unit", latency_unit) == latency_unit
+    ]

@@ -1,22 +1,46 @@
-"""Pareto plot of a search (the paper's Fig. 4): validation accuracy vs latency of every trained candidate."""
+"""Pareto plot of a search (the paper's Fig. 4): validation accuracy vs latency of every trained candidate.
+
+One function for both strategies: POP (trained candidates, front, selection) and DNAS (derived models,
+their front and selection, with an earlier POP front drawn for reference when there is one).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from naslung.search.pop import Evaluated
 
+Point = Evaluated | Mapping[str, Any]
+"""A plotted candidate: an :class:`Evaluated` or a front.json entry (``accuracy``, ``latency`` keys)."""
+
+
+def _acc(e: Point) -> float:
+    return float(e["accuracy"] if isinstance(e, Mapping) else e.accuracy)
+
+
+def _lat(e: Point) -> float:
+    return float(e["latency"] if isinstance(e, Mapping) else e.latency)
+
 
 def pareto_plot(
-    trained: Sequence[Evaluated],
-    front: Sequence[Evaluated],
+    trained: Sequence[Point],
+    front: Sequence[Point],
     path: str | Path,
-    selected: Sequence[Evaluated] = (),
+    selected: Sequence[Point] = (),
     latency_label: str = "latency (ms per nodule)",
     title: str = "POP search: validation accuracy vs latency",
+    *,
+    reference_front: Sequence[Point] = (),
+    reference_label: str = "POP front",
+    trained_label: str = "trained",
+    front_label: str = "Pareto front",
 ) -> Path:
-    """Scatter of all trained candidates (grey), the Pareto front (red, step line) and the selected ones (rings)."""
+    """Scatter of all trained candidates (grey), the Pareto front (red, step line), the selected ones
+    (rings) and, when given, a reference front of another search (green, dashed step line; e.g. the POP
+    front under DNAS-derived models). Accuracy is a fraction in [0, 1]; latency in the unit of
+    ``latency_label`` (log axis when it spans more than 20x)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,17 +49,25 @@ def pareto_plot(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.scatter([e.latency for e in trained], [e.accuracy for e in trained], s=18, c="0.6", label=f"trained ({len(trained)})")
-    fr = sorted(front, key=lambda e: e.latency)
+    ref = sorted(reference_front, key=_lat)
+    if ref:
+        ax.step([_lat(e) for e in ref], [_acc(e) for e in ref], where="post", c="tab:green", lw=1.0, ls="--")
+        ax.scatter([_lat(e) for e in ref], [_acc(e) for e in ref], s=26, c="tab:green", marker="s",
+                   label=f"{reference_label} ({len(ref)})", zorder=2)
+    ax.scatter([_lat(e) for e in trained], [_acc(e) for e in trained], s=18, c="0.6",
+               label=f"{trained_label} ({len(trained)})")
+    fr = sorted(front, key=_lat)
     if fr:
-        ax.step([e.latency for e in fr], [e.accuracy for e in fr], where="post", c="tab:red", lw=1.2)
-        ax.scatter([e.latency for e in fr], [e.accuracy for e in fr], s=30, c="tab:red", label=f"Pareto front ({len(fr)})", zorder=3)
+        ax.step([_lat(e) for e in fr], [_acc(e) for e in fr], where="post", c="tab:red", lw=1.2)
+        ax.scatter([_lat(e) for e in fr], [_acc(e) for e in fr], s=30, c="tab:red",
+                   label=f"{front_label} ({len(fr)})", zorder=3)
     if selected:
         ax.scatter(
-            [e.latency for e in selected], [e.accuracy for e in selected], s=90, facecolors="none",
+            [_lat(e) for e in selected], [_acc(e) for e in selected], s=90, facecolors="none",
             edgecolors="tab:blue", label=f"selected ({len(selected)})", zorder=4,
         )
-    if trained and min(e.latency for e in trained) > 0 and max(e.latency for e in trained) / min(e.latency for e in trained) > 20:
+    lats = [_lat(e) for e in [*trained, *ref]]
+    if lats and min(lats) > 0 and max(lats) / min(lats) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(latency_label)
     ax.set_ylabel("validation accuracy")

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from naslung.metrics import binary_metrics
 from naslung.models.asoftmax import build_loss
-from naslung.models.net import build_model
-from naslung.models.spec import ArchSpec
+from naslung.models.factory import AnySpec, build
 from naslung.params import ModelParams, TrainParams
 from naslung.train.augment import augment_batch
 from naslung.train.protocol import DevData, HeldOutTest, ProtocolError, check_not_sealed
@@ -139,7 +138,7 @@ def selection_key(m: dict[str, float], select_by: str = "auc") -> tuple[float, f
 
 
 def fit(
-    spec: ArchSpec,
+    spec: AnySpec,
     train: ArrayPair,
     val: ArrayPair,
     model_params: ModelParams,
@@ -151,6 +150,11 @@ def fit(
     progress: bool = False,
 ) -> FitResult:
     """Train ``spec`` on ``train`` with early stopping on ``val``; return the best-on-val model.
+
+    ``spec``: an :class:`~naslung.models.spec.ArchSpec` (``NASLungNet``) or a DNAS-derived
+    :class:`~naslung.models.mbconv.DnasArch` (``DnasNet``); the model comes from
+    :func:`naslung.models.factory.build` and the loss from the spec's head (``build_loss``: A-Softmax or
+    cross-entropy; a ``DnasArch`` has a linear head, so cross-entropy).
 
     ``epochs`` defaults to ``train_params.epochs``. ``on_epoch`` is called with each history row
     (epoch, train_loss, val_loss, val_accuracy, val_sensitivity, val_specificity, val_f1, val_auc,
@@ -167,7 +171,7 @@ def fit(
     bs = int(train_params.batch_size)
 
     torch.manual_seed(seed)
-    model = build_model(spec, margin_m=model_params.margin_m).to(device)
+    model = build(spec, margin_m=model_params.margin_m).to(device)
     loss_fn = build_loss(spec, model_params).to(device)
     opt = torch.optim.Adam(
         model.parameters(), lr=train_params.lr, betas=tuple(train_params.betas), weight_decay=train_params.weight_decay
@@ -233,7 +237,7 @@ def fit(
 
 
 def fit_dev(
-    spec: ArchSpec,
+    spec: AnySpec,
     dev: DevData,
     model_params: ModelParams,
     train_params: TrainParams,

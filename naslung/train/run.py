@@ -26,7 +26,8 @@ import torch
 from naslung.features import davies_bouldin, table_markdown, tsne_embedding
 from naslung.latency import measure_batches
 from naslung.metrics import METRIC_NAMES
-from naslung.models.complexity import count_flops, count_params
+from naslung.models.complexity import count_params
+from naslung.models.factory import AnySpec, spec_flops, spec_summary
 from naslung.models.spec import ArchSpec
 from naslung.data.baseline import diameter_baseline_folds
 from naslung.params import Params, to_dict
@@ -39,7 +40,7 @@ from naslung.train.protocol import EvalResult, FoldSplit, make_split, open_split
 class TrainingOutcome:
     """Everything one training run produced (the model carries the best-on-validation weights)."""
 
-    spec: ArchSpec
+    spec: AnySpec
     split: FoldSplit
     fit: FitResult
     test: EvalResult
@@ -90,12 +91,11 @@ def _open_store(params: Params, artifacts: str | Path | None) -> Any:
     return PatchStore.open(Path(artifacts or params.paths.artifacts))
 
 
-def _run_params(params: Params, spec: ArchSpec, split: FoldSplit, seed: int, epochs: int, device: str) -> dict[str, Any]:
+def _run_params(params: Params, spec: AnySpec, split: FoldSplit, seed: int, epochs: int, device: str) -> dict[str, Any]:
     return {
         "spec": spec.ref_string(),
         "spec_id": spec.spec_id,
-        "spec_stem": list(spec.stem),
-        "spec_stages": [list(s) for s in spec.stages],
+        **spec_summary(spec),
         "loss": "asoftmax" if spec.head == "asoftmax" else "softmax",
         "cbam": spec.cbam,
         "fold": split.test_fold,
@@ -113,7 +113,7 @@ def _run_params(params: Params, spec: ArchSpec, split: FoldSplit, seed: int, epo
 
 def run_training(
     params: Params,
-    spec: ArchSpec,
+    spec: AnySpec,
     fold: int,
     *,
     epochs: int | None = None,
@@ -127,6 +127,8 @@ def run_training(
     store: Any = None,
 ) -> TrainingOutcome:
     """Train ``spec`` with test fold ``fold`` held out; evaluate the test fold once; log the run.
+
+    ``spec`` is an ``ArchSpec`` or a DNAS-derived ``DnasArch`` (see :mod:`naslung.models.factory`).
 
     ``device`` defaults to ``params.train.device`` (``auto`` = CUDA when available). ``epochs`` defaults to
     ``params.train.epochs``; ``seed`` to ``params.seed``. With ``want_features`` the penultimate features
@@ -179,7 +181,7 @@ def run_training(
             model, params.latency.batch_sizes, device, params.latency.warmup, params.latency.repeats
         )
         outcome = TrainingOutcome(
-            spec, split, result, evaluated, latency, int(count_params(model)), int(count_flops(spec)), run_id
+            spec, split, result, evaluated, latency, int(count_params(model)), int(spec_flops(spec)), run_id
         )
         if tracking is not None:
             _log_outcome(tracking, outcome, params)

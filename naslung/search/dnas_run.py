@@ -1,0 +1,241 @@
+"""The DNAS search strategy end to end: supernet search, derive, retrain from scratch, outputs.
+
+:func:`run_dnas_search` is what ``naslung dnas`` and the Prefect flow ``search`` (with
+``search.strategy: dnas``) run:
+
+1. Data: the training and validation folds of ``make_split(prepare.n_folds, search.fold, seed)``
+   (:func:`naslung.search.candidate.load_dev`; the test fold is never read). The training rows are split
+   (stratified, ``dnas.alpha_fraction``) into a weights part and an α part.
+2. Supernet search (:func:`naslung.search.dnas.search`) with the ``dnas`` section's settings and the
+   training augmentation (``train.pad``, ``train.flips``).
+3. The ``dnas.derive_k`` most probable architectures (:func:`~naslung.search.dnas.derive_top`) are each
+   retrained from scratch on all training rows by :func:`naslung.train.loop.fit` (``dnas.retrain_epochs``,
+   early stopping and model selection on the validation fold by ``train.select_by``) and scored on the
+   validation fold: accuracy (fraction), latency (``search.latency_source``: measured ms per nodule on the
+   untrained model, or M multiply-adds per nodule — the unit POP uses), multiply-adds, parameters.
+4. Outputs in ``out_dir``, the same files as POP (:mod:`naslung.search.outputs`): ``front.json`` (derived
+   models non-dominated in validation accuracy vs latency), ``selected.json`` (up to ``search.k_select``
+   derived models, front first; their ``spec`` is the ``{"kind": "dnas", ...}`` dict, so they can be ensemble
+   members), ``pareto.png`` (with the POP front of ``pop_front_path`` when that file holds one in the same
+   latency unit), ``summary.json`` (``strategy: dnas``), plus ``dnas.json`` (softmax(α) per layer, op names,
+   per-epoch supernet history, all derived records).
+
+Tracking goes through a :class:`DnasTracker` (the MLflow one is
+:class:`naslung.search.dnas_tracking.MlflowDnasTracker`); this module imports neither mlflow nor prefect.
+With a tracker, derived models already retrained and logged under the same search id (FINISHED runs) are
+reused instead of retrained; the supernet search itself runs again (it keeps no checkpoint) and, on the
+same device and data, derives the same architectures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from naslung.params import Params
+from naslung.search import dnas
+from naslung.search.outputs import read_pop_front, write_dnas_outputs
+
+DNAS_FILE = "dnas.json"
+
+
+class DnasTracker(Protocol):
+    """Where a DNAS run reports (the MLflow adapter implements it; tests may pass their own)."""
+
+    parent_run_id: str | None
+
+    def known(self) -> dict[str, dict[str, Any]]:
+        """Records of derived models finished by an earlier run of the same search id, by ``spec_id``."""
+        ...
+
+    def log_epoch(self, row: Mapping[str, float]) -> None: ...
+
+    def log_derived(self, record: Mapping[str, Any], model: nn.Module) -> str | None:
+        """Log one retrained derived model; returns its run id."""
+        ...
+
+    def finish(self, summary: Mapping[str, Any], alphas: Any, files: Mapping[str, Path]) -> None: ...
+
+    def fail(self) -> None: ...
+
+
+@dataclasses.dataclass
+class DnasRunResult:
+    """What :func:`run_dnas_search` produced: the summary, all derived records (most probable first),
+    the front and the selection (records), softmax(α) per layer and the written files by name."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    selected: list[dict[str, Any]]
+    probabilities: list[list[float]]
+    files: dict[str, Path]
+
+
+def _dominates(b: Mapping[str, Any], a: Mapping[str, Any]) -> bool:
+    return (b["accuracy"] >= a["accuracy"] and b["latency"] <= a["latency"]
+            and (b["accuracy"] > a["accuracy"] or b["latency"] < a["latency"]))
+
+
+def _order(r: Mapping[str, Any]) -> tuple[float, float, str]:
+    return (float(r["latency"]), -float(r["accuracy"]), str(r["spec_id"]))
+
+
+def front_of(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records not dominated in (validation accuracy up, latency down), sorted by latency."""
+    return sorted((dict(a) for a in records if not any(_dominates(b, a) for b in records)), key=_order)
+
+
+def select_records(records: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` records: the front first, then the front of the rest, ... (most accurate first within a
+    layer that does not fit); sorted by latency."""
+    if k < 1:
+        raise ValueError(f"select_records: k must be >= 1, got {k}")
+    rest = [dict(r) for r in records]
+    chosen: list[dict[str, Any]] = []
+    while rest and len(chosen) < k:
+        layer = front_of(rest)
+        ids = {r["spec_id"] for r in layer}
+        rest = [r for r in rest if r["spec_id"] not in ids]
+        layer.sort(key=lambda r: (-float(r["accuracy"]), float(r["latency"]), str(r["spec_id"])))
+        chosen += layer[: k - len(chosen)]
+    return sorted(chosen, key=_order)
+
+
+def _say(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    return print if progress else (lambda _msg: None)
+
+
+def run_dnas_search(
+    params: Params,
+    artifacts: str | Path,
+    out_dir: str | Path,
+    search_id: str,
+    *,
+    tracker: DnasTracker | None = None,
+    pop_front_path: str | Path | None = None,
+    progress: bool | Callable[[str], None] = True,
+    extra_summary: Mapping[str, Any] | None = None,
+) -> DnasRunResult:
+    """Run the DNAS strategy with ``params.dnas`` (see the module docstring); returns what it wrote.
+
+    ``pop_front_path`` defaults to ``<search.out_dir>/front.json``; it is read before anything is written,
+    so a DNAS run writing into ``search.out_dir`` still draws the POP front that was there.
+    ``extra_summary`` entries (e.g. the Prefect flow run id) are added to ``summary.json``.
+    """
+    from naslung.models.complexity import count_params
+    from naslung.search.candidate import latency_unit, load_dev, spec_latency
+    from naslung.train.augment import augment_batch
+    from naslung.train.loop import fit, resolve_device
+
+    say = _say(progress)
+    p, sp = params.dnas, params.search
+    unit = latency_unit(sp)
+    torch.set_num_threads(max(1, int(params.train.num_threads)))
+    device = resolve_device(params.train.device)
+    out = Path(out_dir)
+    pop_front = read_pop_front(pop_front_path or Path(sp.out_dir) / "front.json", unit)
+    try:
+        t0 = time.perf_counter()
+        dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed)
+        (Xw, yw), (Xa, ya) = dnas.split_alpha(dev.train[0], dev.train[1], p.alpha_fraction, params.seed)
+        known = tracker.known() if tracker is not None else {}
+        torch.manual_seed(params.seed)
+        supernet = dnas.Supernet(dnas.space_from_params(p), mixed=p.mixed, seed=params.seed)
+
+        def on_epoch(row: dict[str, float]) -> None:
+            say(f"dnas epoch {int(row['epoch'])}: tau {row['tau']:.2f} w_loss {row['w_loss']:.3f} "
+                f"alpha_acc {row['alpha_accuracy']:.3f} entropy {row['alpha_entropy']:.3f} ({row['seconds']:.0f} s)")
+            if tracker is not None:
+                tracker.log_epoch(row)
+
+        res = dnas.search(
+            supernet, (torch.from_numpy(Xw), torch.from_numpy(yw)), (torch.from_numpy(Xa), torch.from_numpy(ya)),
+            epochs=p.epochs, warmup_epochs=p.warmup_epochs, batch_size=p.batch_size, w_lr=p.w_lr,
+            alpha_lr=p.alpha_lr, alpha_weight_decay=p.alpha_weight_decay, tau_max=p.tau_max, tau_min=p.tau_min,
+            seed=params.seed, device=device,
+            augment=lambda x, g: augment_batch(x, g, pad=params.train.pad, flips=params.train.flips),
+            on_epoch=on_epoch,
+        )
+        search_seconds = time.perf_counter() - t0
+        records: list[dict[str, Any]] = []
+        reused = 0
+        for arch, logp in dnas.derive_top(supernet, p.derive_k):
+            if arch.spec_id in known:
+                rec = {**known[arch.spec_id], "log_prob": logp}
+                reused += 1
+                say(f"derived {arch.ref_string()}: reused run {rec.get('run_id')}")
+                records.append(rec)
+                continue
+            lat, lat_detail = spec_latency(arch, sp, params.latency, device, params.model.margin_m)
+            fitres = fit(arch, dev.train, dev.val, params.model, params.train,  # from scratch, all training rows
+                         epochs=p.retrain_epochs, seed=params.seed, device=device)
+            vm = {k: float(v) for k, v in fitres.val_metrics.items()}
+            rec = {
+                "spec": arch.to_dict(), "spec_id": arch.spec_id, "ref_string": arch.ref_string(), "strategy": "dnas",
+                "ops": list(arch.ops), "log_prob": float(logp), "accuracy": vm["accuracy"], "latency": float(lat),
+                "latency_unit": unit, "flops": int(lat_detail.get("flops") or _flops(arch)),
+                "n_params": int(count_params(fitres.model)), "val_metrics": vm,
+                "history": [{k: float(v) for k, v in row.items()} for row in fitres.history],
+                "best_epoch": int(fitres.best_epoch), "epochs": int(p.retrain_epochs), "seed": int(params.seed),
+                "device": device, "train_seconds": float(fitres.seconds), "latency_detail": lat_detail,
+            }
+            if tracker is not None:
+                rec["run_id"] = tracker.log_derived(rec, fitres.model)
+            records.append(rec)
+            say(f"derived {arch.ref_string()}: val acc {rec['accuracy']:.3f}, latency {rec['latency']:.3g} "
+                f"{unit}, {rec['n_params']:,} params")
+        front = front_of(records)
+        selected = select_records(records, sp.k_select)
+        best = max(records, key=lambda r: (r["accuracy"], -r["latency"]))
+        summary: dict[str, Any] = {
+            "strategy": "dnas",
+            "search_id": search_id,
+            "parent_run_id": tracker.parent_run_id if tracker is not None else None,
+            "search_seconds": search_seconds,
+            "wall_seconds": time.perf_counter() - t0,
+            "trained": len(records),
+            "trained_this_run": len(records) - reused,
+            "reused": reused,
+            "front_size": len(front),
+            "selected": len(selected),
+            "best_accuracy": best["accuracy"], "best_latency": best["latency"], "best_n_params": best["n_params"],
+            "best_spec": best["ref_string"], "best_spec_id": best["spec_id"],
+            "final_alpha_entropy": res.history[-1]["alpha_entropy"] if res.history else math.nan,
+            "n_alpha_rows": int(len(ya)), "n_weight_rows": int(len(yw)), "n_val_rows": int(len(dev.val[1])),
+            "val_fold": dev.split.val_fold, "test_fold": sp.fold,
+            "latency_unit": unit, "latency_device": device, "seed": params.seed,
+            "epochs": p.epochs, "retrain_epochs": p.retrain_epochs, "derive_k": p.derive_k,
+            "pop_front_size": len(pop_front),
+            **dict(extra_summary or {}),
+        }
+        label = f"latency ({unit.replace('_', ' ')})"
+        files = write_dnas_outputs(out, records, front, selected, summary, label, pop_front)
+        files["dnas"] = out / DNAS_FILE
+        files["dnas"].write_text(encoding="utf-8", data=json.dumps({
+            "summary": summary, "probabilities": res.probabilities, "op_names": [c.names for c in supernet.cells],
+            "history": res.history, "derived": [{k: v for k, v in r.items() if k != "history"} for r in records],
+        }, indent=1, default=float))
+        if tracker is not None:
+            tracker.finish(summary, {"probabilities": res.probabilities}, files)
+    except BaseException:
+        if tracker is not None:
+            tracker.fail()
+        raise
+    return DnasRunResult(summary, records, front, selected, res.probabilities, files)
+
+
+def _flops(arch: dnas.DnasArch) -> int:
+    from naslung.models.factory import spec_flops
+
+    return int(spec_flops(arch))
