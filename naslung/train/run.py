@@ -260,6 +260,11 @@ def run_cv(
                 progress=progress, parent_run_id=parent_id, store=store,
             )
             rows.append({"fold": fold, **out.summary()})
+            if progress:  # one line per finished fold, so a long cross-validation shows where it stands
+                t = out.test.metrics
+                print(f"fold {fold}: test accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, "
+                      f"specificity {t['specificity']:.3f}, F1 {t['f1']:.3f}, AUC {t['auc']:.3f} "
+                      f"(best epoch {out.fit.best_epoch})", flush=True)
         summary: dict[str, Any] = {"spec": spec.to_dict(), "spec_id": spec.spec_id, "ref": spec.ref_string(), "folds": rows}
         agg = {}
         for name in METRIC_NAMES:
