@@ -254,5 +254,12 @@ def test_cli_registers_training_commands() -> None:
     assert (args.fold, args.head, args.cbam, args.epochs) == (1, "linear", False, 2)
     args = parser.parse_args(["cv", "--folds", "1", "2"])
     assert args.folds == [1, 2]
+    from naslung.commands.train import _setup
+
+    repo = Path(__file__).resolve().parents[1]
+    args = parser.parse_args(["--params", str(repo / "params.yaml"), "cv", "--lr", "0.001", "--patience", "20"])
+    params, spec = _setup(args)  # overrides land in the typed params the run logs; the rest is untouched
+    assert (params.train.lr, params.train.patience) == (0.001, 20) and params.train.betas == (0.5, 0.999)
+    assert spec.head == params.model.head
     assert parser.parse_args(["evaluate-run", "--run-id", "abc"]).run_id == "abc"
     assert parser.parse_args(["features", "--fold", "3"]).fold == 3

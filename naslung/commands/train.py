@@ -23,6 +23,8 @@ def _add_spec_args(p: argparse.ArgumentParser, head: bool = True) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (default: params train.epochs)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: params train.lr, the paper's 2e-4)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: params train.patience)")
     p.add_argument("--device", help="cpu | cuda | auto (default: params train.device)")
     p.add_argument("--artifacts", help="patch store folder (default: params paths.artifacts)")
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
@@ -71,12 +73,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
+    import dataclasses
+
     import torch
 
     from naslung.params import load_params
     from naslung.train.run import default_spec, resolve_spec
 
     params = load_params(args.params)
+    overrides = {k: getattr(args, k, None) for k in ("lr", "patience")}
+    if any(v is not None for v in overrides.values()):  # logged with the run like any train.* param
+        params = params.replace(train=dataclasses.replace(params.train, **{k: v for k, v in overrides.items() if v is not None}))
     torch.set_num_threads(getattr(args, "threads", None) or params.train.num_threads)
     head, cbam = getattr(args, "head", None), getattr(args, "cbam", None)
     if getattr(args, "spec", None):
