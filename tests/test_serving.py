@@ -526,22 +526,9 @@ def test_score_folder_moves_inputs_and_writes_outbox(env) -> None:
     assert "0 bytes" in (outbox / "b.error.txt").read_text()
     assert (inbox / "done" / "a.csv").exists() and (inbox / "failed" / "b.csv").exists()
     assert not list(inbox.glob("*.csv"))
-
-
-def test_score_folder_with_explain_writes_overlays_into_the_outbox(env) -> None:
-    import yaml
-
-    from flows.score import process_inbox, score_file
-    from naslung.params import to_dict
-
-    tmp = env["tmp"]
-    pfile = tmp / "flow_params_explain.yaml"
-    pfile.write_text(yaml.safe_dump(to_dict(env["params"])))
-    inbox, outbox = tmp / "inbox_explain", tmp / "outbox_explain"
-    inbox.mkdir()
+    # with explain, the overlays land beside the results in the outbox and the CSV names them
     _write_csv(inbox / "c.csv", [{"seriesuid": SYNTH_UID, "coordX": 3.0, "coordY": 1.0, "coordZ": 2.0}])
-    out = process_inbox(str(pfile), inbox, outbox, env["scans"], runner=score_file, explain=True)
-    assert [o["ok"] for o in out] == [1]
+    assert [o["ok"] for o in process_inbox(str(pfile), inbox, outbox, env["scans"], runner=score_file, explain=True)] == [1]
     res = pd.read_csv(outbox / "c.results.csv")
-    png = outbox / res.loc[0, "explain_png"]
-    assert res.loc[0, "status"] == "ok" and png.read_bytes()[:4] == b"\x89PNG"
+    assert res.loc[0, "status"] == "ok" and (outbox / res.loc[0, "explain_png"]).read_bytes()[:4] == b"\x89PNG"
+
