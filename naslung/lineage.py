@@ -19,6 +19,22 @@ def file_md5(path: str | Path) -> str:
     return h.hexdigest()
 
 
+STORE_FILES = {"manifest": "manifest.csv", "patches": "patches.npy"}
+"""The patch store's files whose bytes identify a data version."""
+
+
+def store_md5(artifacts: str | Path) -> dict[str, str]:
+    """``{"manifest": md5, "patches": md5}`` of the patch store in ``artifacts``, read from the files."""
+    root = Path(artifacts)
+    out = {}
+    for key, name in STORE_FILES.items():
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run `naslung prepare` first or pass --artifacts)")
+        out[key] = file_md5(path)
+    return out
+
+
 def stage_outs_md5(dvc_lock: str | Path, stage: str = "prepare") -> dict[Path, str]:
     """``{absolute out path: md5}`` of one stage in ``dvc.lock`` (empty when the lock or stage is absent)."""
     lock = Path(dvc_lock)

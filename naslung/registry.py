@@ -110,10 +110,11 @@ def search_run_id(params: Params) -> str | None:
     ensemble mixes selections, e.g. POP and DNAS); None for explicit ``ensemble.specs``."""
     if params.ensemble.specs:
         return None
-    files = [params.ensemble.members] if isinstance(params.ensemble.members, str) else list(params.ensemble.members)
+    from naslung.ensemble.training import selection_paths
+
     ids: list[str] = []
-    for sel in files:
-        summary = Path(sel).parent / "summary.json"
+    for sel in selection_paths(params.ensemble.members):
+        summary = sel.parent / "summary.json"
         if summary.is_file():
             data = json.loads(summary.read_text(encoding="utf-8"))
             rid = data.get("parent_run_id") or data.get("run_id")

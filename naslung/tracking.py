@@ -44,6 +44,18 @@ MODEL_NAME = "model"
 INPUT_SHAPE = (-1, 1, 32, 32, 32)
 
 
+def set_uri(uri: str | None) -> str:
+    """Point MLflow tracking and registry at ``MLFLOW_TRACKING_URI`` or ``uri`` (default the embedded
+    ``sqlite:///mlflow/mlflow.db``), creating a sqlite database's folder; returns the URI in use."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    resolved = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow/mlflow.db"
+    if resolved.startswith("sqlite:///"):
+        Path(resolved[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    return resolved
+
+
 def configure(uri: str | None, experiment: str = "naslung-train", artifacts_root: str | Path | None = None) -> str:
     """Point MLflow tracking and registry at ``MLFLOW_TRACKING_URI`` or ``uri`` and select ``experiment``.
 
@@ -52,12 +64,7 @@ def configure(uri: str | None, experiment: str = "naslung-train", artifacts_root
     instead of MLflow's default ``./mlruns`` in the current directory. A server URI (``http(s)://``) leaves
     artifact storage to the server. Returns the URI in use.
     """
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    resolved = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow/mlflow.db"
-    if resolved.startswith("sqlite:///"):
-        Path(resolved[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(resolved)
-    mlflow.set_registry_uri(resolved)
+    resolved = set_uri(uri)
     served = resolved.startswith(("http://", "https://", "databricks"))
     if not served and artifacts_root is not None and mlflow.get_experiment_by_name(experiment) is None:
         root = Path(artifacts_root).resolve() / experiment

@@ -186,14 +186,14 @@ def validate(p: Params, annotations: Path | None = None, artifacts: Path | None 
         check_manifest(manifest, p),
         check_patches(patches, len(manifest), p.prepare.patch_size),
     ]
-    from naslung.lineage import file_md5
+    from naslung.lineage import store_md5
 
     result = {
         "success": all(r.success for r in reports),
         "annotations": str(annotations),
         "artifacts": str(artifacts),
         # which data this verdict is about: the gate refuses a model trained on other data
-        "md5": {"manifest": file_md5(artifacts / "manifest.csv"), "patches": file_md5(artifacts / "patches.npy")},
+        "md5": store_md5(artifacts),
         "suites": {r.check: r.to_dict() for r in reports},
     }
     (artifacts / "validation.json").write_text(encoding="utf-8", data=json.dumps(result, indent=2) + "\n")

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _write_validation(params: Params, success: bool, md5: dict[str, str] | None = None) -> None:
     """A validation verdict about the current patch store (or about the data of ``md5``)."""
-    from naslung.lineage import file_md5
+    from naslung.lineage import store_md5
 
     art = Path(params.paths.artifacts)
-    md5 = md5 or {"manifest": file_md5(art / "manifest.csv"), "patches": file_md5(art / "patches.npy")}
+    md5 = md5 or store_md5(art)
     (art / "validation.json").write_text(json.dumps({"success": success, "suites": {}, "md5": md5}))
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from naslung.lineage import file_md5, stage_outs_md5
+from naslung.lineage import STORE_FILES, stage_outs_md5, store_md5
 from naslung.models.factory import AnySpec, build, parse_member_spec, spec_flops, spec_from_dict
 from naslung.params import Params
 
@@ -53,7 +53,8 @@ def _spec_from_entry(entry: Any, params: Params, where: str) -> AnySpec:
         raise ValueError(f"{where}: cannot read an architecture spec from {entry!r}: {exc}") from exc
 
 
-def _selection_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
+def selection_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Selection file(s) of ``ensemble.members`` (one path or a list) as a list of paths."""
     if isinstance(source, (str, Path)):
         return [Path(source)]
     return [Path(p) for p in source]
@@ -72,7 +73,7 @@ def member_specs(params: Params, source: str | Path | Sequence[str | Path] | Non
     if params.ensemble.specs and source is None:
         specs = [_spec_from_entry(s, params, "params ensemble.specs") for s in params.ensemble.specs]
     else:
-        paths = _selection_paths(source if source is not None else params.ensemble.members)
+        paths = selection_paths(source if source is not None else params.ensemble.members)
         if not paths:
             raise ValueError("ensemble.members: no selection file given")
         specs = []
@@ -103,18 +104,12 @@ def data_version(artifacts: str | Path, dvc_lock: str | Path = "dvc.lock") -> di
     computed from the files (``origin: file``). ``hash`` is one short digest of both.
     """
     root = Path(artifacts).resolve()
-    files = {"manifest": root / "manifest.csv", "patches": root / "patches.npy"}
-    md5: dict[str, str] = {}
-    origin = "file"
+    files = {k: root / name for k, name in STORE_FILES.items()}
     outs = stage_outs_md5(dvc_lock, "prepare")
     if all(outs.get(p) for p in files.values()):
-        md5 = {k: outs[p] for k, p in files.items()}
-        origin = "dvc.lock"
-    if not md5:
-        for k, p in files.items():
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: not found (run `naslung prepare` first)")
-            md5[k] = file_md5(p)
+        md5, origin = {k: outs[p] for k, p in files.items()}, "dvc.lock"
+    else:
+        md5, origin = store_md5(root), "file"
     digest = hashlib.sha256(json.dumps(md5, sort_keys=True).encode()).hexdigest()[:12]
     return {"hash": digest, "origin": origin, "md5": md5, "artifacts": str(root)}
 

@@ -29,9 +29,9 @@ def explain_test_fold(
     """Score test fold ``fold`` of ``make_split(n_folds, fold, seed)`` once with ``models`` (a model, a list
     or an object with ``members``), write the panels, the mass figure and ``explain.json`` into ``out_dir``;
     return the summary (test metrics, map-mass figures, written file names)."""
-    from naslung.train.protocol import make_split, open_split
+    from naslung.train.protocol import held_out_test, make_split
 
-    _, test = open_split(store, make_split(n_folds, fold, seed))
+    test = held_out_test(store, make_split(n_folds, fold, seed))  # only the test fold is read
     held: dict[str, Any] = {}
 
     def predict(X: np.ndarray) -> np.ndarray:

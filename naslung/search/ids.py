@@ -19,24 +19,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from naslung.lineage import file_md5
+from naslung.lineage import STORE_FILES, store_md5
 from naslung.params import Params, to_dict
 
 POP_NOT_IN_ID = ("budget", "patience", "runner", "dask_address", "dask_workers", "out_dir", "batch_size", "k_select")
 DNAS_NOT_IN_ID = ("out_dir", "experiment")
-DATA_FILES = ("manifest.csv", "patches.npy")
 
 
 def data_md5(artifacts: str | Path) -> dict[str, str]:
-    """md5 of the patch store's ``manifest.csv`` and ``patches.npy`` (read from the files themselves)."""
-    root = Path(artifacts)
-    out = {}
-    for name in DATA_FILES:
-        path = root / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (run `naslung prepare` first or pass --artifacts)")
-        out[name] = file_md5(path)
-    return out
+    """md5 of the patch store's ``manifest.csv`` and ``patches.npy`` (read from the files themselves),
+    keyed by file name."""
+    return {STORE_FILES[k]: v for k, v in store_md5(artifacts).items()}
 
 
 def _digest(blob: dict[str, Any]) -> str:

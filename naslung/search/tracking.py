@@ -39,12 +39,10 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 def configure(uri: str) -> str:
-    """Set the tracking URI (``MLFLOW_TRACKING_URI`` wins); creates the folder of a sqlite URI."""
-    resolved = os.environ.get("MLFLOW_TRACKING_URI") or uri
-    if resolved.startswith("sqlite:///"):
-        Path(resolved[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(resolved)
-    return resolved
+    """Set the tracking URI (``MLFLOW_TRACKING_URI`` wins; see :func:`naslung.tracking.set_uri`)."""
+    from naslung.tracking import set_uri
+
+    return set_uri(uri)
 
 
 def artifact_root() -> str | None:
