@@ -86,6 +86,11 @@ class TrainParams:
     weight_decay: float = 0.0
     pad: int = 2
     flips: bool = True
+    permute_axes: bool = False
+    """Random order of the three spatial axes per sample (with ``flips``: all 48 symmetries of the cube)."""
+    lr_schedule: str = "constant"
+    """constant (the paper) | cosine: lr decays from ``lr`` to 0 over the maximum epochs (per epoch)."""
+    """Random order of the three spatial axes per sample (with ``flips``: all 48 symmetries of the cube)."""
     patience: int = 10
     select_by: str = "auc"
     """Validation criterion of model selection / early stopping: auc | f1 | loss."""

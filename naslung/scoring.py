@@ -133,11 +133,18 @@ def score_batch(ensemble: EnsembleLike, X: np.ndarray, model: ModelId | None = N
     1 malignant), ``votes`` (# malignant member votes), ``member_probs`` (list, one per member),
     ``model_name``, ``model_version``.
     """
-    pred = ensemble.predict(X)
-    prob = np.asarray(pred.prob, dtype=np.float64)
-    label = np.asarray(pred.label).astype(int)
-    votes = np.asarray(pred.votes).astype(int)
-    members = np.asarray(pred.member_probs, dtype=np.float64)
+    return patch_results(ensemble.predict(X).member_probs, model)
+
+
+def patch_results(member_probs: Any, model: ModelId | None = None) -> list[dict[str, Any]]:
+    """Response objects from member probabilities ``(n, M)``: mean, majority vote (as
+    :meth:`naslung.ensemble.model.Ensemble.predict` forms them), votes, member list, model id."""
+    from naslung.ensemble.model import majority_label
+
+    members = np.asarray(member_probs, dtype=np.float32)
+    prob = members.mean(axis=1).astype(np.float64)
+    votes, label = majority_label(members)
+    members = members.astype(np.float64)
     name = model.name if model else None
     version = model.version if model else None
     return [
@@ -194,16 +201,16 @@ def max_explain_patches(max_bytes: int, patch_size: int = PATCH_SIZE) -> int:
     return max(1, int(max_bytes) // (4 * patch_size**3))
 
 
-def explain_results(ensemble: Any, X: np.ndarray, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``cam``, ``attention`` and ``explain_target`` to ``results`` (one dict per patch of X, as
-    :func:`score_batch` returns them) in place; the CAM is for each patch's reported ``label``.
+def explain_results(ensemble: Any, X: np.ndarray, model: ModelId | None = None) -> list[dict[str, Any]]:
+    """Score X and explain it in one pass over the members: :func:`score_batch`'s objects plus ``cam``,
+    ``attention`` and ``explain_target`` (the reported ``label``, i.e. the members' majority vote).
 
     ``ensemble`` needs a ``members`` list of models with ``forward_maps`` (``naslung.ensemble.model.Ensemble``).
     """
     from naslung.explain.maps import explain
 
-    target = np.array([int(r["label"]) for r in results], dtype=np.int64)
-    maps = explain(ensemble, X, target=target)
+    maps = explain(ensemble, X, target="vote")
+    results = patch_results(maps.member_probs, model)
     for i, r in enumerate(results):
         r["cam"] = encode_map(maps.cam[i])
         r["attention"] = encode_map(maps.attention[i]) if maps.attention is not None else None
@@ -221,11 +228,13 @@ def score_requests(
     """Score several request bodies as ONE batch; return one ``(status, response)`` per body, in order.
 
     Bad bodies get ``(4xx, {"error": ..., "status": ...})`` and do not affect the others; the good ones
-    are concatenated and sent through all members at once, then split back per request.
+    are concatenated (plain and explanation requests separately) and sent through all members at once,
+    then split back per request.
 
-    ``explain``: one flag per body (default: none). Only the patches of flagged requests then go through
-    :func:`naslung.explain.maps.explain` (one more pass over the members, on those patches only), and
-    their patch results gain ``cam``, ``attention`` and ``explain_target`` (see the module docstring);
+    ``explain``: one flag per body (default: none). The patches of flagged requests go through
+    :func:`naslung.explain.maps.explain` instead of the plain prediction (one pass over the members gives
+    both the probabilities and the maps), and their patch results gain ``cam``, ``attention`` and
+    ``explain_target`` (see the module docstring);
     unflagged requests are answered exactly as without maps. A flagged request with more than
     :func:`max_explain_patches` patches gets 413; when the map computation itself fails, the flagged
     requests get 500 and the others are still answered.
@@ -245,29 +254,28 @@ def score_requests(
             decoded.append(x)
         except PayloadError as err:
             decoded.append(err)
-    good = [d for d in decoded if isinstance(d, np.ndarray)]
-    results: list[dict[str, Any]] = []
-    if good:
-        results = score_batch(ensemble, np.concatenate(good, axis=0), model)
-    out: list[tuple[int, Any]] = []
-    wanted: list[int] = []
-    start = 0
-    for i, d in enumerate(decoded):
-        if isinstance(d, PayloadError):
-            out.append((d.status, d.to_dict()))
+    out: list[tuple[int, Any]] = [
+        (d.status, d.to_dict()) if isinstance(d, PayloadError) else (200, []) for d in decoded
+    ]
+    for explaining in (False, True):  # plain requests in one batch, explanation requests in another
+        idx = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray) and flags[i] == explaining]
+        if not idx:
+            continue
+        X = np.concatenate([decoded[i] for i in idx], axis=0)
+        if not explaining:
+            results = score_batch(ensemble, X, model)
         else:
-            out.append((200, results[start : start + len(d)]))
-            start += len(d)
-            if flags[i]:
-                wanted.append(i)
-    if wanted:
-        X = np.concatenate([decoded[i] for i in wanted], axis=0)
-        flat = [r for i in wanted for r in out[i][1]]
-        try:
-            explain_results(ensemble, X, flat)
-        except Exception as exc:  # noqa: BLE001 - a failed map computation must not fail the plain predictions
-            logger.exception("explainability maps failed for %d request(s)", len(wanted))
-            message = f"explainability maps failed: {type(exc).__name__}: {exc}"
-            for i in wanted:
-                out[i] = (500, {"error": message, "status": 500})
+            try:
+                results = explain_results(ensemble, X, model)
+            except Exception as exc:  # noqa: BLE001 - a failed map computation must not fail the plain predictions
+                logger.exception("explainability maps failed for %d request(s)", len(idx))
+                message = f"explainability maps failed: {type(exc).__name__}: {exc}"
+                for i in idx:
+                    out[i] = (500, {"error": message, "status": 500})
+                continue
+        start = 0
+        for i in idx:
+            n = len(decoded[i])
+            out[i] = (200, results[start : start + n])
+            start += n
     return out

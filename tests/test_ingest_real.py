@@ -137,7 +137,21 @@ def test_patches_match_reference_npz(shared_data: Path, full_scan: sitk.Image, l
 
 
 def write_dicom_series(img: sitk.Image, folder: Path, series_uid: str) -> None:
-    """Write a 3-D int16 HU image as a CT DICOM series (one file per slice) with SimpleITK."""
+    """Write a 3-D int16 HU image as a CT DICOM series (one file per slice) with SimpleITK.
+
+    GDCM's writer leaves the process's LC_CTYPE at "C"; it is put back afterwards, or every later
+    ``subprocess.run(text=True)`` in this pytest process would decode as ASCII (unless Python runs in
+    UTF-8 mode, as under ``make test``)."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_CTYPE)
+    try:
+        _write_dicom_slices(img, folder, series_uid)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def _write_dicom_slices(img: sitk.Image, folder: Path, series_uid: str) -> None:
     folder.mkdir(parents=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

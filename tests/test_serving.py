@@ -102,10 +102,14 @@ def test_score_requests_explains_only_flagged_requests(monkeypatch: pytest.Monke
               encode_payload(big)]
     plain = score_requests(ens, bodies, 1 << 20)
     assert seen == [] and all(MAP_KEYS.isdisjoint(r) for s, rs in plain if s == 200 for r in rs)
+    predicted: list[int] = []
+    real_predict = ens.predict
+    monkeypatch.setattr(ens, "predict", lambda X: predicted.append(len(X)) or real_predict(X))
     mixed = score_requests(ens, bodies, 1 << 20, explain=[True, False, True, False, True, False])
     assert [s for s, _ in mixed] == [200, 200, 400, 200, 413, 200]
     assert "at most 8 patches" in mixed[4][1]["error"]
-    assert seen == [2]  # only the flagged good request's patches went through the maps
+    assert seen == [2]  # only the flagged good request's patches went through the maps ...
+    assert predicted == [3 + 2 + 9]  # ... and only the unflagged ones through the plain prediction: one pass each
     for k in (1, 3, 5):  # unflagged: the plain answer (batch composition may move the last float bits)
         assert [set(r) for r in mixed[k][1]] == [set(r) for r in plain[k][1]]
         assert [r["label"] for r in mixed[k][1]] == [r["label"] for r in plain[k][1]]

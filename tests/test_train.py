@@ -126,6 +126,19 @@ def test_test_fold_cannot_reach_selection_and_is_touched_once(tmp_path: Path) ->
     check_not_sealed(X_test, "training")
 
 
+
+def test_a_failed_fit_inside_with_test_lifts_the_seal(tmp_path: Path) -> None:
+    store = open_store(write_tiny_store(tmp_path / "store"))
+    split = make_split(10, 1, seed=0)
+    dev, test = open_split(store, split)
+    X_test, _, _ = store.arrays([split.test_fold])
+    with pytest.raises(ProtocolError):
+        check_not_sealed(X_test, "training")
+    with pytest.raises(RuntimeError, match="fit failed"), test:  # as run_training does around fit
+        raise RuntimeError("fit failed")
+    assert not test.evaluated
+    check_not_sealed(X_test, "training")  # no longer sealed, although the object is still alive
+
 # --- augmentation ------------------------------------------------------------------------------------
 
 
@@ -151,6 +164,27 @@ def test_augmentation_shapes_determinism_and_content() -> None:
         assert found, f"sample {i} is not a flipped crop of its padded input"
 
 
+def test_axis_permutation_draws_cube_symmetries_and_keeps_crops_and_flips() -> None:
+    import itertools
+
+    x = torch.rand(24, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = augment_batch(x, torch.Generator().manual_seed(2), pad=0, flips=True, permute_axes=True)
+    symmetries = [
+        (perm, dims) for perm in itertools.permutations((2, 3, 4)) for r in range(4) for dims in itertools.combinations((2, 3, 4), r)
+    ]
+    seen_orders = set()
+    for i in range(24):
+        hits = [p for p, dims in symmetries if torch.equal(x[i : i + 1].flip(list(dims)).permute(0, 1, *p)[0], out[i])]
+        assert hits, f"sample {i} is not one of the 48 symmetries of the cube"
+        seen_orders.update(hits)
+    assert len(seen_orders) > 1  # the axis order really varies between samples
+    # crop offsets and flips are drawn before the permutation: switching it on leaves those draws alone
+    plain = augment_batch(x, torch.Generator().manual_seed(2), pad=0, flips=True)
+    assert sum(torch.equal(plain[i], out[i]) for i in range(24)) >= 1
+    with pytest.raises(ValueError, match="cubic"):
+        augment_batch(torch.rand(2, 1, 8, 8, 6), torch.Generator(), permute_axes=True)
+
+
 # --- fit ---------------------------------------------------------------------------------------------
 
 
@@ -171,6 +205,22 @@ def test_fit_learns_a_synthetic_task_and_is_deterministic() -> None:
     assert binary_metrics(yte, predict_proba(a.model, Xte))["auc"] > 0.8
     c = fit(spec, (Xtr, ytr), (Xva, yva), ModelParams(), FAST_TRAIN, seed=6)
     assert not all(torch.equal(sa[k], c.model.state_dict()[k]) for k in sa)
+
+
+def test_lr_schedule_constant_or_cosine_is_recorded_per_epoch() -> None:
+    from naslung.train.loop import fit
+
+    Xtr, ytr = synthetic_patches(16, seed=1)
+    Xva, yva = synthetic_patches(8, seed=2)
+    spec = model1(head="linear", cbam=False)
+    tp = dataclasses.replace(FAST_TRAIN, epochs=4, lr=1e-3)
+    const = fit(spec, (Xtr, ytr), (Xva, yva), ModelParams(), tp, seed=1)
+    assert [h["lr"] for h in const.history] == [1e-3] * 4
+    cos = fit(spec, (Xtr, ytr), (Xva, yva), ModelParams(), dataclasses.replace(tp, lr_schedule="cosine"), seed=1)
+    lrs = [h["lr"] for h in cos.history]  # lr used in each epoch: cosine from 1e-3 towards 0 over 4 epochs
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(spec, (Xtr, ytr), (Xva, yva), ModelParams(), dataclasses.replace(tp, lr_schedule="step"), seed=1)
 
 
 def test_fit_selects_best_on_validation_stops_early_and_anneals_lambda() -> None:
@@ -260,6 +310,38 @@ def test_cli_registers_training_commands() -> None:
     args = parser.parse_args(["--params", str(repo / "params.yaml"), "cv", "--lr", "0.001", "--patience", "20"])
     params, spec = _setup(args)  # overrides land in the typed params the run logs; the rest is untouched
     assert (params.train.lr, params.train.patience) == (0.001, 20) and params.train.betas == (0.5, 0.999)
+    assert (params.train.lr_schedule, params.train.permute_axes) == ("constant", False)  # params.yaml defaults
+    args = parser.parse_args(["--params", str(repo / "params.yaml"), "cv", "--lr-schedule", "cosine", "--permute-axes"])
+    params, _ = _setup(args)
+    assert (params.train.lr_schedule, params.train.permute_axes, params.train.lr) == ("cosine", True, 2e-4)
     assert spec.head == params.model.head
     assert parser.parse_args(["evaluate-run", "--run-id", "abc"]).run_id == "abc"
     assert parser.parse_args(["features", "--fold", "3"]).fold == 3
+
+
+def test_cli_cv_prints_each_fold_and_the_fold_wise_diameter_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from naslung.cli import main
+    from naslung.params import load_params, to_dict
+
+    repo = Path(__file__).resolve().parents[1]
+    store = write_tiny_store(tmp_path / "store")
+    data = to_dict(load_params(repo / "params.yaml"))
+    data["paths"]["artifacts"] = str(store)
+    data["train"].update(batch_size=8, num_threads=1)
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(data))
+    argv = ["--params", str(pfile), "cv", "--folds", "1", "2", "--epochs", "1", "--no-log", "--lr", "0.003",
+            "--lr-schedule", "cosine", "--permute-axes", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fold 1: test accuracy" in out and "fold 2: test accuracy" in out
+    # the tiny store's diameters separate the classes exactly: the fold-wise rule is perfect on both folds
+    assert "diameter-only (threshold fitted on the non-test folds), accuracy per fold: 1.000 1.000" in out
+    summary = json.loads(next(store.glob("cv_*.json")).read_text())
+    assert [r["fold"] for r in summary["folds"]] == [1, 2]
+    verdict = "above" if summary["test_mean_std"]["accuracy"]["mean"] > 1.0 else "not above"
+    assert f"vs diameter-only 1.000: {verdict} the baseline on these folds" in out

@@ -25,6 +25,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (default: params train.epochs)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: params train.lr, the paper's 2e-4)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: params train.patience)")
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=("constant", "cosine"),
+                   help="constant, or cosine decay to 0 over the maximum epochs (default: params train.lr_schedule)")
+    perm = p.add_mutually_exclusive_group()
+    perm.add_argument("--permute-axes", dest="permute_axes", action="store_true", default=None,
+                      help="augment with random axis orders too (with flips: all 48 symmetries of the cube)")
+    perm.add_argument("--no-permute-axes", dest="permute_axes", action="store_false", help="flips only")
     p.add_argument("--device", help="cpu | cuda | auto (default: params train.device)")
     p.add_argument("--artifacts", help="patch store folder (default: params paths.artifacts)")
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
@@ -81,7 +87,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     from naslung.train.run import default_spec, resolve_spec
 
     params = load_params(args.params)
-    overrides = {k: getattr(args, k, None) for k in ("lr", "patience")}
+    overrides = {k: getattr(args, k, None) for k in ("lr", "patience", "lr_schedule", "permute_axes")}
     if any(v is not None for v in overrides.values()):  # logged with the run like any train.* param
         params = params.replace(train=dataclasses.replace(params.train, **{k: v for k, v in overrides.items() if v is not None}))
     torch.set_num_threads(getattr(args, "threads", None) or params.train.num_threads)
@@ -123,8 +129,13 @@ def _cv(args: argparse.Namespace) -> int:
                      log=not args.no_log)
     print(f"spec {spec.ref_string()} ({spec.spec_id}) — test metrics per fold (threshold 0.5)")
     print(cv_table(summary))
-    if summary.get("prepare_metrics_baseline") is not None:
-        print("diameter-only baseline (prepare):", json.dumps(summary["prepare_metrics_baseline"]))
+    base = summary["diameter_baseline_folds"]
+    per = " ".join(f"{base['per_fold'][int(r['fold'])]['accuracy']:.3f}" for r in summary["folds"])
+    acc = summary["test_mean_std"]["accuracy"]
+    print(f"diameter-only (threshold fitted on the non-test folds), accuracy per fold: {per}; "
+          f"mean {base['accuracy_mean']:.3f} ± {base['accuracy_std']:.3f}")
+    print(f"accuracy {acc['mean']:.3f} ± {acc['std']:.3f} vs diameter-only {base['accuracy_mean']:.3f}: "
+          + ("above" if acc["mean"] > base["accuracy_mean"] else "not above") + " the baseline on these folds")
     return 0
 
 

@@ -36,13 +36,15 @@ PATCH = 32
 
 @dataclass
 class Explanation:
-    """Maps of ``N`` patches: ``prob (N,)`` P(malignant), ``target (N,)`` class the CAM is for,
-    ``cam (N, S, S, S)``, ``attention (N, S, S, S)`` or ``None`` (no CBAM), float32 numpy arrays."""
+    """Maps of ``N`` patches: ``prob (N,)`` P(malignant) (mean over members), ``target (N,)`` class the CAM
+    is for, ``cam (N, S, S, S)``, ``attention (N, S, S, S)`` or ``None`` (no CBAM), and ``member_probs
+    (N, M)`` each member's P(malignant) from the same forward pass; float32 numpy arrays."""
 
     prob: np.ndarray
     target: np.ndarray
     cam: np.ndarray
     attention: np.ndarray | None
+    member_probs: np.ndarray
 
 
 def _as_batch(X: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -113,20 +115,29 @@ def _member_maps(
 def explain(
     models: Any, X: np.ndarray | torch.Tensor, target: int | Sequence[int] | str = "pred", batch_size: int = 32
 ) -> Explanation:
-    """CAM and stage-2 attention of one model or an ensemble (mean over members).
+    """CAM and stage-2 attention of one model or an ensemble (mean over members), one pass per member.
 
-    ``target``: ``"pred"`` (the (ensemble) predicted class, P(malignant) >= 0.5), a class index for all
-    patches, or one class per patch. Attention is ``None`` when any member has no CBAM.
+    ``target``: ``"pred"`` (the (ensemble) predicted class, mean P(malignant) >= 0.5), ``"vote"`` (the
+    members' majority vote: a member votes malignant at P >= 0.5, malignant when more than half do — the
+    label an ensemble reports), a class index for all patches, or one class per patch. Attention is
+    ``None`` when any member has no CBAM. The member probabilities come back too, so a caller needs no
+    separate prediction pass.
     """
     members = _members(models)
     x = _as_batch(X)
     per = [_member_maps(m, x, None, batch_size) for m in members]
-    prob = np.mean([p for p, _, _ in per], axis=0).astype(np.float32)
+    member_probs = np.stack([p for p, _, _ in per], axis=1).astype(np.float32)
+    prob = member_probs.mean(axis=1).astype(np.float32)
     n = x.shape[0]
     if isinstance(target, str):
-        if target != "pred":
-            raise ValueError(f"explain: target must be 'pred', a class index or one per patch, got {target!r}")
-        tgt = (prob >= 0.5).astype(np.int64)
+        if target == "pred":
+            tgt = (prob >= 0.5).astype(np.int64)
+        elif target == "vote":
+            from naslung.ensemble.model import majority_label
+
+            tgt = majority_label(member_probs)[1]
+        else:
+            raise ValueError(f"explain: target must be 'pred', 'vote', a class index or one per patch, got {target!r}")
     else:
         tgt = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
     if ((tgt < 0) | (tgt > 1)).any():
@@ -135,7 +146,7 @@ def explain(
     cam = np.mean([c[rows, tgt] for _, c, _ in per], axis=0).astype(np.float32)
     atts = [a for _, _, a in per]
     att = np.mean(atts, axis=0).astype(np.float32) if all(a is not None for a in atts) else None
-    return Explanation(prob, tgt, cam, att)
+    return Explanation(prob, tgt, cam, att, member_probs)
 
 
 def cam_maps(models: Any, X: np.ndarray | torch.Tensor, target: int | Sequence[int] | str = "pred") -> np.ndarray:

@@ -164,7 +164,7 @@ def run_dnas_search(
             epochs=p.epochs, warmup_epochs=p.warmup_epochs, batch_size=p.batch_size, w_lr=p.w_lr,
             alpha_lr=p.alpha_lr, alpha_weight_decay=p.alpha_weight_decay, tau_max=p.tau_max, tau_min=p.tau_min,
             seed=params.seed, device=device,
-            augment=lambda x, g: augment_batch(x, g, pad=params.train.pad, flips=params.train.flips),
+            augment=lambda x, g: augment_batch(x, g, pad=params.train.pad, flips=params.train.flips, permute_axes=params.train.permute_axes),
             on_epoch=on_epoch,
         )
         search_seconds = time.perf_counter() - t0

@@ -45,6 +45,7 @@ def pareto_plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,10 @@ def pareto_plot(
     lats = [_lat(e) for e in [*trained, *ref]]
     if lats and min(lats) > 0 and max(lats) / min(lats) > 20:
         ax.set_xscale("log")
+        # ticks at 1-2-5 steps, plain numbers; unlabelled minor ticks (their labels ran into each other)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(latency_label)
     ax.set_ylabel("validation accuracy")
     ax.set_title(title, fontsize=10)

@@ -158,7 +158,7 @@ def fit(
 
     ``epochs`` defaults to ``train_params.epochs``. ``on_epoch`` is called with each history row
     (epoch, train_loss, val_loss, val_accuracy, val_sensitivity, val_specificity, val_f1, val_auc,
-    lambda, seconds). ``device``: ``cpu``, ``cuda`` or ``auto``.
+    lambda, lr, seconds). ``device``: ``cpu``, ``cuda`` or ``auto``.
     """
     if isinstance(train, DevData) or isinstance(val, DevData):
         raise TypeError("fit: pass dev.train and dev.val (or use fit_dev)")
@@ -176,6 +176,12 @@ def fit(
     opt = torch.optim.Adam(
         model.parameters(), lr=train_params.lr, betas=tuple(train_params.betas), weight_decay=train_params.weight_decay
     )
+    if train_params.lr_schedule == "cosine":
+        schedule: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
+    elif train_params.lr_schedule == "constant":
+        schedule = None
+    else:
+        raise ValueError(f"train.lr_schedule must be constant or cosine, got {train_params.lr_schedule!r}")
     gen = torch.Generator().manual_seed(seed)
     if device != "cpu":
         Xtr, ytr = Xtr.to(device), ytr.to(device)
@@ -196,7 +202,7 @@ def fit(
             if idx.numel() < 2 and perm.numel() >= 2:  # BatchNorm needs 2+ samples; drop a last singleton
                 continue
             idx = idx.to(Xtr.device)
-            xb = augment_batch(Xtr[idx], gen, pad=train_params.pad, flips=train_params.flips).to(device)
+            xb = augment_batch(Xtr[idx], gen, pad=train_params.pad, flips=train_params.flips, permute_axes=train_params.permute_axes).to(device)
             yb = ytr[idx].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model.forward_train(xb), yb)
@@ -214,9 +220,12 @@ def fit(
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in vm.items()},
             "lambda": float(getattr(loss_fn, "lam", math.nan)),
+            "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
+        if schedule is not None:
+            schedule.step()
         key = selection_key(row, train_params.select_by)
         if best_key is None or key > best_key:
             best_key, best_epoch, best_row, since_best = key, epoch, row, 0

@@ -170,6 +170,13 @@ class HeldOutTest:
             _unseal(self._digests)
             self._sealed = False
 
+    def __enter__(self) -> "HeldOutTest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving a ``with held_out:`` block lifts the seal, evaluated or not (e.g. when fitting raised)."""
+        self.release()
+
     def __del__(self) -> None:
         try:
             self.release()

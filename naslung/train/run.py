@@ -139,7 +139,6 @@ def run_training(
     n_epochs = params.train.epochs if epochs is None else epochs
     device = resolve_device(device or params.train.device)
     split = make_split(params.prepare.n_folds, fold, params.seed)
-    dev, test = open_split(store, split)
 
     tracking: Any = None
     ctx: Any = nullcontext(None)
@@ -154,7 +153,8 @@ def run_training(
             tags,
             parent_run_id=parent_run_id,
         )
-    with ctx as run_id:
+    dev, test = open_split(store, split)
+    with test, ctx as run_id:  # the seal on the test rows is lifted on the way out, also when fit raises
         if tracking is not None:
             manifest = Path(getattr(store, "root", Path(artifacts or params.paths.artifacts))) / "manifest.csv"
             if manifest.exists():
