@@ -90,7 +90,6 @@ class TrainParams:
     """Random order of the three spatial axes per sample (with ``flips``: all 48 symmetries of the cube)."""
     lr_schedule: str = "constant"
     """constant (the paper) | cosine: lr decays from ``lr`` to 0 over the maximum epochs (per epoch)."""
-    """Random order of the three spatial axes per sample (with ``flips``: all 48 symmetries of the cube)."""
     patience: int = 10
     select_by: str = "auc"
     """Validation criterion of model selection / early stopping: auc | f1 | loss."""
