@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 SPEC_HELP = 'architecture spec, bare list "[4, 4, [4, 4], [4, 8], [8, 8]]" or reference form "spcbam[...]" (default: params model.spec)'
