@@ -133,18 +133,16 @@ def score_batch(ensemble: EnsembleLike, X: np.ndarray, model: ModelId | None = N
     1 malignant), ``votes`` (# malignant member votes), ``member_probs`` (list, one per member),
     ``model_name``, ``model_version``.
     """
-    return patch_results(ensemble.predict(X).member_probs, model)
+    return patch_results(ensemble.predict(X), model)
 
 
-def patch_results(member_probs: Any, model: ModelId | None = None) -> list[dict[str, Any]]:
-    """Response objects from member probabilities ``(n, M)``: mean, majority vote (as
-    :meth:`naslung.ensemble.model.Ensemble.predict` forms them), votes, member list, model id."""
-    from naslung.ensemble.model import majority_label
-
-    members = np.asarray(member_probs, dtype=np.float32)
-    prob = members.mean(axis=1).astype(np.float64)
-    votes, label = majority_label(members)
-    members = members.astype(np.float64)
+def patch_results(pred: Any, model: ModelId | None = None) -> list[dict[str, Any]]:
+    """Response objects from an :class:`~naslung.ensemble.model.EnsemblePrediction` (``prob``, ``label``,
+    ``votes``, ``member_probs``) plus the model id."""
+    prob = np.asarray(pred.prob, dtype=np.float64)
+    label = np.asarray(pred.label).astype(int)
+    votes = np.asarray(pred.votes).astype(int)
+    members = np.asarray(pred.member_probs, dtype=np.float64)
     name = model.name if model else None
     version = model.version if model else None
     return [
@@ -209,8 +207,10 @@ def explain_results(ensemble: Any, X: np.ndarray, model: ModelId | None = None) 
     """
     from naslung.explain.maps import explain
 
+    from naslung.ensemble.model import EnsemblePrediction
+
     maps = explain(ensemble, X, target="vote")
-    results = patch_results(maps.member_probs, model)
+    results = patch_results(EnsemblePrediction.from_member_probs(maps.member_probs), model)
     for i, r in enumerate(results):
         r["cam"] = encode_map(maps.cam[i])
         r["attention"] = encode_map(maps.attention[i]) if maps.attention is not None else None

@@ -58,6 +58,13 @@ class EnsemblePrediction:
     member_probs: np.ndarray
     """(n, k) float32 per-member probabilities, columns in member order."""
 
+    @classmethod
+    def from_member_probs(cls, member_probs: Any) -> "EnsemblePrediction":
+        """Mean, majority vote and votes of member probabilities (n, k) — the one place they are formed."""
+        members = np.asarray(member_probs, dtype=np.float32)
+        votes, label = majority_label(members)
+        return cls(members.mean(axis=1).astype(np.float32), label, votes, members)
+
 
 class Ensemble:
     """k networks (NASLungNet / DnasNet) on one device, predicting by majority vote (see the module docstring)."""
@@ -106,9 +113,7 @@ class Ensemble:
         """
         x = self._as_batch(X).to(self.device)
         probs = [torch.softmax(m(x).float(), dim=1)[:, 1] for m in self.members]
-        member_probs = torch.stack(probs, dim=1).cpu().numpy().astype(np.float32)
-        votes, label = majority_label(member_probs)
-        return EnsemblePrediction(member_probs.mean(axis=1).astype(np.float32), label, votes, member_probs)
+        return EnsemblePrediction.from_member_probs(torch.stack(probs, dim=1).cpu().numpy())
 
     def to(self, device: str) -> "Ensemble":
         """Move every member to ``device`` (in place); returns self."""
