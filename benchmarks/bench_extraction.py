@@ -57,9 +57,15 @@ def measure(path: Path, points: np.ndarray, p: PrepareParams, repeats: int) -> d
     cutter = PatchCutter(read_scan(path), p)
     t_cut = best_of(lambda: [cutter.cut(pt) for pt in points], repeats)
     img = read_scan(path)
-    return {"scan": path.name[-24:], "size_xyz": "x".join(map(str, img.GetSize())), "n_patches": len(points),
-            "t_read_s": t_read, "t_extract_s": t_extract,
-            "ms_per_patch": 1e3 * t_cut / max(len(points), 1), "ratio": t_extract / t_read}
+    return {
+        "scan": path.name[-24:],
+        "size_xyz": "x".join(map(str, img.GetSize())),
+        "n_patches": len(points),
+        "t_read_s": t_read,
+        "t_extract_s": t_extract,
+        "ms_per_patch": 1e3 * t_cut / max(len(points), 1),
+        "ratio": t_extract / t_read,
+    }
 
 
 def synthetic_raw(raw: Path | None) -> tuple[Path, Path] | None:
@@ -73,8 +79,9 @@ def synthetic_raw(raw: Path | None) -> tuple[Path, Path] | None:
     except ImportError:
         print("synthetic: skipped (no data/luna16 and naslung.data.synth not available)")
         return None
-    fn = next((getattr(synth, n) for n in ("synthesize", "generate", "write_dataset", "synth") if hasattr(synth, n)),
-              None)
+    fn = next(
+        (getattr(synth, n) for n in ("synthesize", "generate", "write_dataset", "synth") if hasattr(synth, n)), None
+    )
     if fn is None:
         print("synthetic: skipped (naslung.data.synth has no synthesize()/generate() entry point)")
         return None
@@ -127,10 +134,14 @@ def main() -> int:
     pd.set_option("display.width", 200)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"\nratio (read + cut all patches) / read: max {table['ratio'].max():.3f}, "
-          f"median {table['ratio'].median():.3f} (target <= 1.5)")
-    print(f"machine: {cores} cores available ({os.cpu_count()} logical), {platform.processor() or platform.machine()}, "
-          f"SimpleITK threads default; patch resampling uses 1 thread per patch")
+    print(
+        f"\nratio (read + cut all patches) / read: max {table['ratio'].max():.3f}, "
+        f"median {table['ratio'].median():.3f} (target <= 1.5)"
+    )
+    print(
+        f"machine: {cores} cores available ({os.cpu_count()} logical), {platform.processor() or platform.machine()}, "
+        f"SimpleITK threads default; patch resampling uses 1 thread per patch"
+    )
     return 0
 
 

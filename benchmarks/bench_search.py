@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from naslung.params import load_params  # noqa: E402
-from naslung.search.pop import Evaluated, PopResult, pareto_front, run_pop  # noqa: E402
-from naslung.search.space import SearchSpace, Stages, size_table  # noqa: E402
+from naslung.params import load_params
+from naslung.search.pop import Evaluated, PopResult, pareto_front, run_pop
+from naslung.search.space import SearchSpace, Stages, size_table
 
 
 def _proxy_objectives(space: SearchSpace):
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     sp = params.search
     space = SearchSpace.from_params(sp, cbam=params.model.cbam, head=params.model.head)
     size = space.size()
-    print("space sizes (widths %s, stem %s, %d..%d blocks):" % (list(space.widths), list(space.stem), sp.min_blocks, sp.max_blocks))
+    print(
+        f"space sizes (widths {list(space.widths)}, stem {list(space.stem)}, {sp.min_blocks}..{sp.max_blocks} blocks):"
+    )
     for row in size_table(space.widths, space.stem, sp.min_blocks, sp.max_blocks):
         print(f"  monotone={row['monotone']!s:5}  depth_rule={row['depth_rule']!s:5}  {row['size']:>13,}")
     print(f"searched space: {size:,} members (monotone={sp.monotone}, depth_rule={sp.depth_rule})")
@@ -91,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = args.artifacts or params.paths.artifacts
         dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed)
         device = resolve_device(params.train.device)
-        print(f"MODE: REAL training, {sp.epochs} epoch(s) per candidate, {len(dev.train[1])} train / "
-              f"{len(dev.val[1])} validation nodules, latency source {sp.latency_source} on {device}")
+        print(
+            f"MODE: REAL training, {sp.epochs} epoch(s) per candidate, {len(dev.train[1])} train / "
+            f"{len(dev.val[1])} validation nodules, latency source {sp.latency_source} on {device}"
+        )
 
         def latency_of(s: Stages) -> float:
             if s not in lat_cache:
@@ -118,17 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         both = {e.stages: e for e in pop.trained + rnd.trained}
         best = {e.stages for e in pareto_front(both.values())}
 
-        def found(res: PopResult) -> int:
+        def found(res: PopResult, best: set = best) -> int:
             return sum(e.stages in best for e in res.trained)
 
         print(f"\nseed {seed}: trained {len(pop.trained)} of {size:,} = {len(pop.trained) / size:.6%} of the space")
-        print(f"  POP   : pruned {len(pop.pruned)} sampled candidates without training; front {len(pop.front)}; "
-              f"members of the joint front found: {found(pop)} / {len(best)}")
+        print(
+            f"  POP   : pruned {len(pop.pruned)} sampled candidates without training; front {len(pop.front)}; "
+            f"members of the joint front found: {found(pop)} / {len(best)}"
+        )
         print(f"  random: front {len(rnd.front)}; members of the joint front found: {found(rnd)} / {len(best)}")
         print(f"  POP wall time {t_pop:.1f} s ({t_pop / len(pop.trained):.2f} s per trained candidate, incl. latency)")
     if train_seconds:
-        print(f"\nreal training: {len(train_seconds)} distinct candidates, "
-              f"{sum(train_seconds) / len(train_seconds):.2f} s per trained candidate (mean wall time)")
+        print(
+            f"\nreal training: {len(train_seconds)} distinct candidates, "
+            f"{sum(train_seconds) / len(train_seconds):.2f} s per trained candidate (mean wall time)"
+        )
     return 0
 
 

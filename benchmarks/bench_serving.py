@@ -183,22 +183,40 @@ def main(argv: list[str] | None = None) -> int:
 
     params = base.replace(
         paths=replace(base.paths, artifacts=str(workdir / "artifacts")),
-        serve=replace(base.serve, batch_size=1, max_batch_delay_ms=1, workers=1, torch_threads=threads,
-                      request_patches=args.batch_size, concurrency=args.concurrency,
-                      max_payload_mb=max(base.serve.max_payload_mb, 0.2 * max(args.batch_size, 128)),
-                      device="auto" if device == "cuda" else "cpu"),
+        serve=replace(
+            base.serve,
+            batch_size=1,
+            max_batch_delay_ms=1,
+            workers=1,
+            torch_threads=threads,
+            request_patches=args.batch_size,
+            concurrency=args.concurrency,
+            max_payload_mb=max(base.serve.max_payload_mb, 0.2 * max(args.batch_size, 128)),
+            device="auto" if device == "cuda" else "cpu",
+        ),
     )
     rng = np.random.default_rng(0)
     X = rng.random((args.n_patches, 32, 32, 32), dtype=np.float32)
-    report: dict = {"device": device, "threads": threads, "members": len(specs), "params": n_params,
-                    "batch_size": args.batch_size, "n_patches": args.n_patches, "concurrency": args.concurrency}
-    print(f"device {device}, torch threads {threads}, 9-member ensemble ({n_params} parameters), "
-          f"{args.n_patches} patches, batch {args.batch_size}, {args.concurrency} requests in flight")
-
+    report: dict = {
+        "device": device,
+        "threads": threads,
+        "members": len(specs),
+        "params": n_params,
+        "batch_size": args.batch_size,
+        "n_patches": args.n_patches,
+        "concurrency": args.concurrency,
+    }
+    print(
+        f"device {device}, torch threads {threads}, 9-member ensemble ({n_params} parameters), "
+        f"{args.n_patches} patches, batch {args.batch_size}, {args.concurrency} requests in flight"
+    )
 
     with S.torchserve_lock():
-        S.build_mar(ens_dir, {"name": S.model_name_of(params), "version": "bench", "max_payload_mb":
-                              params.serve.max_payload_mb}, S.serve_dir(params) / "model-store")
+        S.build_mar(
+            ens_dir,
+            {"name": S.model_name_of(params), "version": "bench", "max_payload_mb": params.serve.max_payload_mb},
+            S.serve_dir(params) / "model-store",
+        )
         t = time.perf_counter()
         server = S.start_server(params)
         report["start_s"] = time.perf_counter() - t
@@ -213,17 +231,23 @@ def main(argv: list[str] | None = None) -> int:
                 sr, ts_probs = served_rate(client, X, args.batch_size, 1, args.concurrency)
                 local_rate, ts_rate = max(local_rate, lr), max(ts_rate, sr)
             diff = float(np.abs(ts_probs - local_probs).max())
-            report.update(in_process_nodules_s=local_rate, torchserve_nodules_s=ts_rate,
-                          ratio=ts_rate / local_rate, max_abs_prob_diff=diff)
+            report.update(
+                in_process_nodules_s=local_rate,
+                torchserve_nodules_s=ts_rate,
+                ratio=ts_rate / local_rate,
+                max_abs_prob_diff=diff,
+            )
             print(f"in-process PyTorch : {local_rate:8.1f} nodules/s")
             print(f"through TorchServe : {ts_rate:8.1f} nodules/s")
             print(f"ratio              : {ts_rate / local_rate:8.3f} (target >= 0.85); max |prob diff| {diff:.2e}")
 
             lat = explain_latency(client, X[: args.explain_patches], args.explain_repeats)
             report["explain_latency"] = lat
-            print(f"explain cost       : {lat['patches']} patches per request: predictions "
-                  f"{lat['predict_s'] * 1e3:.1f} ms, explanations {lat['explain_s'] * 1e3:.1f} ms, "
-                  f"ratio {lat['ratio']:.2f}")
+            print(
+                f"explain cost       : {lat['patches']} patches per request: predictions "
+                f"{lat['predict_s'] * 1e3:.1f} ms, explanations {lat['explain_s'] * 1e3:.1f} ms, "
+                f"ratio {lat['ratio']:.2f}"
+            )
 
             if device == "cuda":
                 sweep = {}
@@ -244,14 +268,24 @@ def main(argv: list[str] | None = None) -> int:
                 out = workdir / "results.csv"
                 out.unlink(missing_ok=True)
                 summary = score_csv(csv, scans, out, client, params.prepare, params.serve, progress=True)
-                report["csv"] = {"rows": summary.n_rows, "ok": summary.n_ok, "error": summary.n_error,
-                                 "scans": summary.n_scans, "wall_s": summary.wall_s, "read_s": summary.read_s,
-                                 "cut_s": summary.cut_s, "extraction_s": summary.extraction_s,
-                                 "wait_inference_s": summary.wait_s, "request_s": summary.request_s}
-                print(f"CSV: {summary.n_rows} nodules over {summary.n_scans} scans in {summary.wall_s:.1f} s "
-                      f"({summary.n_rows / summary.wall_s:.1f} nodules/s; target <= 60 s): extraction "
-                      f"{summary.extraction_s:.1f} s (read {summary.read_s:.1f} + cut {summary.cut_s:.1f}), "
-                      f"waiting for inference {summary.wait_s:.1f} s; {summary.n_ok} ok, {summary.n_error} error")
+                report["csv"] = {
+                    "rows": summary.n_rows,
+                    "ok": summary.n_ok,
+                    "error": summary.n_error,
+                    "scans": summary.n_scans,
+                    "wall_s": summary.wall_s,
+                    "read_s": summary.read_s,
+                    "cut_s": summary.cut_s,
+                    "extraction_s": summary.extraction_s,
+                    "wait_inference_s": summary.wait_s,
+                    "request_s": summary.request_s,
+                }
+                print(
+                    f"CSV: {summary.n_rows} nodules over {summary.n_scans} scans in {summary.wall_s:.1f} s "
+                    f"({summary.n_rows / summary.wall_s:.1f} nodules/s; target <= 60 s): extraction "
+                    f"{summary.extraction_s:.1f} s (read {summary.read_s:.1f} + cut {summary.cut_s:.1f}), "
+                    f"waiting for inference {summary.wait_s:.1f} s; {summary.n_ok} ok, {summary.n_error} error"
+                )
         finally:
             S.stop_server()
     (workdir / "bench_serving.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

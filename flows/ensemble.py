@@ -26,8 +26,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-               "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
+for _k, _v in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}.items():
     os.environ.setdefault(_k, _v)
 
 from prefect import flow, task  # noqa: E402
@@ -52,8 +57,13 @@ def validate_data(params_path: str) -> dict[str, Any]:
     return {"success": bool(result["success"]), "suites": {k: v["success"] for k, v in result["suites"].items()}}
 
 
-@task(name="train-member", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE,
-      task_run_name="member-{spec_id}-fold{fold}")
+@task(
+    name="train-member",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=NO_CACHE,
+    task_run_name="member-{spec_id}-fold{fold}",
+)
 def train_member_task(params_path: str, spec_json: str, spec_id: str, fold: int, data_hash: str) -> dict[str, Any]:
     """Train one member (or return it from the on-disk cache); returns its record as a dict."""
     from naslung.ensemble.training import train_member
@@ -66,7 +76,9 @@ def train_member_task(params_path: str, spec_json: str, spec_id: str, fold: int,
 
 
 @task(name="save-ensemble", cache_policy=NO_CACHE)
-def save_ensemble_task(params_path: str, spec_jsons: list[str], records: list[dict[str, Any]], data: dict[str, Any]) -> str:
+def save_ensemble_task(
+    params_path: str, spec_jsons: list[str], records: list[dict[str, Any]], data: dict[str, Any]
+) -> str:
     from naslung.ensemble.training import INDEX_FILE, MemberRecord, write_index
     from naslung.models.factory import spec_from_json
 

@@ -25,8 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-               "GX_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}.items():
+for _k, _v in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}.items():
     os.environ.setdefault(_k, _v)
 
 from prefect import flow, task  # noqa: E402
@@ -43,22 +48,41 @@ def score_file(params_path: str, csv_path: str, scans_dir: str, out_path: str, e
 
     params = load_params(params_path)
     s = params.serve
-    client = ServingClient(f"http://{s.host}:{s.inference_port}", model_name_of(params),
-                           read_inference_key(serve_dir(params) / "key_file.json"), timeout_s=s.response_timeout_s)
-    summary = score_csv(Path(csv_path), Path(scans_dir), Path(out_path), client, params.prepare, s, progress=False,
-                        explain=explain)
+    client = ServingClient(
+        f"http://{s.host}:{s.inference_port}",
+        model_name_of(params),
+        read_inference_key(serve_dir(params) / "key_file.json"),
+        timeout_s=s.response_timeout_s,
+    )
+    summary = score_csv(
+        Path(csv_path), Path(scans_dir), Path(out_path), client, params.prepare, s, progress=False, explain=explain
+    )
     print(summary.describe())
-    return {"csv": csv_path, "out": out_path if summary.out else None, "rows": summary.n_rows, "ok": summary.n_ok,
-            "error": summary.n_error, "resumed": summary.n_resumed, "file_error": summary.file_error,
-            "wall_s": round(summary.wall_s, 2)}
+    return {
+        "csv": csv_path,
+        "out": out_path if summary.out else None,
+        "rows": summary.n_rows,
+        "ok": summary.n_ok,
+        "error": summary.n_error,
+        "resumed": summary.n_resumed,
+        "file_error": summary.file_error,
+        "wall_s": round(summary.wall_s, 2),
+    }
 
 
-score_file_task = task(name="score-csv", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE,
-                       task_run_name="score-{csv_path}")(score_file)
+score_file_task = task(
+    name="score-csv", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, task_run_name="score-{csv_path}"
+)(score_file)
 
 
-def process_inbox(params_path: str, inbox: Path, outbox: Path, scans: Path,
-                  runner: Callable[..., dict[str, Any]] = score_file, explain: bool = False) -> list[dict[str, Any]]:
+def process_inbox(
+    params_path: str,
+    inbox: Path,
+    outbox: Path,
+    scans: Path,
+    runner: Callable[..., dict[str, Any]] = score_file,
+    explain: bool = False,
+) -> list[dict[str, Any]]:
     """Score every ``*.csv`` in ``inbox`` into ``outbox``; move each input to ``done/`` or ``failed/``.
     ``explain`` is passed on to the runner only when set (CAM overlays, see :func:`score_file`)."""
     inbox, outbox = Path(inbox), Path(outbox)
@@ -69,7 +93,7 @@ def process_inbox(params_path: str, inbox: Path, outbox: Path, scans: Path,
         try:
             extra = {"explain": True} if explain else {}
             summary = runner(str(Path(params_path).resolve()), str(csv), str(scans), str(out), **extra)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not block the rest of the inbox
+        except Exception as exc:
             summary = {"csv": str(csv), "file_error": f"{csv.name}: {type(exc).__name__}: {exc}"}
         target = inbox / ("failed" if summary["file_error"] else "done")
         target.mkdir(exist_ok=True)
@@ -81,12 +105,23 @@ def process_inbox(params_path: str, inbox: Path, outbox: Path, scans: Path,
 
 
 @flow(name="score_folder", log_prints=True)
-def score_folder(params_path: str = "params.yaml", inbox: str | None = None, outbox: str | None = None,
-                 scans: str | None = None, explain: bool = False) -> list[dict[str, Any]]:
+def score_folder(
+    params_path: str = "params.yaml",
+    inbox: str | None = None,
+    outbox: str | None = None,
+    scans: str | None = None,
+    explain: bool = False,
+) -> list[dict[str, Any]]:
     """Score the CSVs waiting in the inbox (see the module docstring); ``explain``: CAM overlays too."""
     params = load_params(params_path)
-    return process_inbox(params_path, Path(inbox or params.serve.inbox), Path(outbox or params.serve.outbox),
-                         Path(scans or params.paths.raw), runner=score_file_task, explain=explain)
+    return process_inbox(
+        params_path,
+        Path(inbox or params.serve.inbox),
+        Path(outbox or params.serve.outbox),
+        Path(scans or params.paths.raw),
+        runner=score_file_task,
+        explain=explain,
+    )
 
 
 def serve(params_path: str = "params.yaml", cron: str | None = None, name: str = "score-folder") -> None:

@@ -36,7 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+for _k, _v in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}.items():
     os.environ.setdefault(_k, _v)
 
 from prefect import flow, task  # noqa: E402
@@ -109,23 +113,32 @@ def search(
     st.configure(tracking_uri)
     exp_id = st.experiment_id(sp.experiment)
     parent, resumed = st.open_parent(
-        exp_id, search_id,
-        params={**{f"search.{k}": v for k, v in to_dict(sp).items()}, "seed": params.seed, "space_size": size,
-                "artifacts": artifacts},
+        exp_id,
+        search_id,
+        params={
+            **{f"search.{k}": v for k, v in to_dict(sp).items()},
+            "seed": params.seed,
+            "space_size": size,
+            "artifacts": artifacts,
+        },
         tags={"naslung.latency_unit": unit},
     )
     try:
         stale = st.close_stale_children(parent)
         known: dict[Stages, Evaluated] = {}
         for rec in st.finished_records(parent):
-            known.setdefault(stages_key(rec["stages"]), Evaluated(stages_key(rec["stages"]), rec["accuracy"], rec["latency"], rec))
+            known.setdefault(
+                stages_key(rec["stages"]), Evaluated(stages_key(rec["stages"]), rec["accuracy"], rec["latency"], rec)
+            )
         device = resolve_device(params.train.device)
         cache = LatencyCache()
         cache.values.update(st.load_parent_json(parent, "latency_cache.json") or {})
         details: dict[str, dict[str, Any]] = {}
         if progress:
-            print(f"search {search_id}: space {size:,} members; {'resumed, ' if resumed else ''}"
-                  f"{len(known)} finished candidate(s) read back from MLflow, {stale} stale run(s) closed")
+            print(
+                f"search {search_id}: space {size:,} members; {'resumed, ' if resumed else ''}"
+                f"{len(known)} finished candidate(s) read back from MLflow, {stale} stale run(s) closed"
+            )
 
         def latency_of(stages: Stages) -> float:
             spec = space.to_spec(stages)
@@ -142,8 +155,17 @@ def search(
             lats = [latency_of(s) for s in batch]  # measured here, before anything trains
             futures = [
                 train_candidate_task.submit(
-                    spec.to_json(), spec.spec_id, params_dict, artifacts, lat, details.get(spec.spec_id, {}),
-                    tracking_uri, parent, exp_id, search_id, iteration[0],
+                    spec.to_json(),
+                    spec.spec_id,
+                    params_dict,
+                    artifacts,
+                    lat,
+                    details.get(spec.spec_id, {}),
+                    tracking_uri,
+                    parent,
+                    exp_id,
+                    search_id,
+                    iteration[0],
                 )
                 for spec, lat in zip(specs, lats)
             ]
@@ -151,18 +173,34 @@ def search(
 
         def on_iteration(log: IterationLog, res: PopResult) -> None:
             iteration[0] = log.iteration + 1
-            st.log_iteration(parent, log.iteration, {
-                "trained": log.trained, "pruned": log.pruned, "pruned_iteration": log.pruned_this_iteration,
-                "front_size": log.front_size, "reused": log.reused,
-            })
+            st.log_iteration(
+                parent,
+                log.iteration,
+                {
+                    "trained": log.trained,
+                    "pruned": log.pruned,
+                    "pruned_iteration": log.pruned_this_iteration,
+                    "front_size": log.front_size,
+                    "reused": log.reused,
+                },
+            )
             st.save_parent_json(parent, cache.values, "latency_cache.json")
             if progress:
-                print(f"iteration {log.iteration:3d}  trained {log.trained:3d} (reused {log.reused})  "
-                      f"pruned {log.pruned:4d} (+{log.pruned_this_iteration})  front {log.front_size}")
+                print(
+                    f"iteration {log.iteration:3d}  trained {log.trained:3d} (reused {log.reused})  "
+                    f"pruned {log.pruned:4d} (+{log.pruned_this_iteration})  front {log.front_size}"
+                )
 
         result = run_pop(
-            space, evaluate, latency_of, budget=sp.budget, patience=sp.patience, batch_size=sp.batch_size,
-            seed=params.seed, known=known, on_iteration=on_iteration,
+            space,
+            evaluate,
+            latency_of,
+            budget=sp.budget,
+            patience=sp.patience,
+            batch_size=sp.batch_size,
+            seed=params.seed,
+            known=known,
+            on_iteration=on_iteration,
         )
         selected = select_k(result.trained, sp.k_select)
         covered = estimate_covered(space, result.certificates, (e.stages for e in result.trained), seed=params.seed)
@@ -182,11 +220,13 @@ def search(
             "trained_this_run": len(fresh),
             "reused": result.reused,
             "pruned": len(result.pruned),
-            "pruned_meaning": "distinct members drawn by the sampler and discarded by a pruning certificate, never trained",
+            "pruned_meaning": (
+                "distinct members drawn by the sampler and discarded by a pruning certificate, never trained"
+            ),
             "covered": covered["covered"],
             "covered_fraction": covered["covered_fraction"],
             "covered_meaning": f"untrained members under the C of some certificate ({covered['method']}, "
-                               f"{covered['n_samples']} samples): upper bound on what pruning can remove",
+            f"{covered['n_samples']} samples): upper bound on what pruning can remove",
             "fraction_trained": len(result.trained) / size,
             "front_size": len(result.front),
             "selected": len(selected),
@@ -209,8 +249,10 @@ def search(
         st.fail_parent(parent)
         raise
     if progress:
-        print(f"done: trained {summary['trained']} of {size:,} ({100 * summary['fraction_trained']:.4f} %), "
-              f"pruned {summary['pruned']}, front {summary['front_size']}, stop: {result.stop_reason}")
+        print(
+            f"done: trained {summary['trained']} of {size:,} ({100 * summary['fraction_trained']:.4f} %), "
+            f"pruned {summary['pruned']}, front {summary['front_size']}, stop: {result.stop_reason}"
+        )
     return summary
 
 
@@ -226,14 +268,21 @@ def _dnas_search(
     params = parse_params(params_dict)
     tracker = MlflowDnasTracker(tracking_uri, params.dnas.experiment, search_id, tracker_params(params, search_id))
     result = run_dnas_search(
-        params, artifacts, out_dir, search_id, tracker=tracker,
-        pop_front_path=Path(params.search.out_dir) / "front.json", progress=progress,
+        params,
+        artifacts,
+        out_dir,
+        search_id,
+        tracker=tracker,
+        pop_front_path=Path(params.search.out_dir) / "front.json",
+        progress=progress,
         extra_summary={"flow_run_id": str(flow_run.id)},
     )
     if progress:
         s = result.summary
-        print(f"done: {s['trained']} derived model(s) ({s['reused']} reused), front {s['front_size']}, "
-              f"best {s['best_spec']} val acc {s['best_accuracy']:.3f}")
+        print(
+            f"done: {s['trained']} derived model(s) ({s['reused']} reused), front {s['front_size']}, "
+            f"best {s['best_spec']} val acc {s['best_accuracy']:.3f}"
+        )
     return result.summary
 
 
@@ -249,8 +298,12 @@ def task_runner_for(params: Params) -> Any:
             return DaskTaskRunner(address=sp.dask_address)
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
-            cluster_kwargs={"n_workers": sp.dask_workers, "threads_per_worker": 1, "processes": True,
-                            "dashboard_address": None},
+            cluster_kwargs={
+                "n_workers": sp.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            },
         )
     raise ValueError(f"params search.runner: expected 'local' or 'dask', got {sp.runner!r}")
 
@@ -270,8 +323,12 @@ def run_search(
     sid = search_id or default_search_id(params, artifacts)
     flow_fn = search.with_options(task_runner=task_runner_for(params), flow_run_name=f"search-{sid}")
     return flow_fn(
-        params_dict=to_dict(params), search_id=sid, artifacts=artifacts, out_dir=str(out_dir or params.search.out_dir),
-        tracking_uri=params.mlflow_uri, progress=progress,
+        params_dict=to_dict(params),
+        search_id=sid,
+        artifacts=artifacts,
+        out_dir=str(out_dir or params.search.out_dir),
+        tracking_uri=params.mlflow_uri,
+        progress=progress,
     )
 
 

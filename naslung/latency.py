@@ -96,4 +96,3 @@ def repeatability(
         "device": str(device),
         "threads": int(torch.get_num_threads()),
     }
-

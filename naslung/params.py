@@ -298,7 +298,7 @@ class Params:
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def replace(self, **changes: Any) -> "Params":
+    def replace(self, **changes: Any) -> Params:
         """Copy with whole sections or top-level values replaced (``p.replace(train=...)``)."""
         return dataclasses.replace(self, **changes)
 

@@ -31,16 +31,16 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models.signature import ModelSignature  # noqa: E402
-from mlflow.types.schema import ColSpec, Schema, TensorSpec  # noqa: E402
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-from naslung.params import Params, to_dict  # noqa: E402
+from naslung.params import Params, to_dict
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 INPUT_SHAPE = (-1, 1, 32, 32, 32)
@@ -70,8 +70,11 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"EnsemblePyfunc: expected (n, 1, 32, 32, 32) float32 patches, got {x.shape}")
         pred = self.ensemble.predict(x)
         out = pd.DataFrame(
-            {"probability": pred.prob.astype(np.float32), "label": pred.label.astype(np.int64),
-             "votes": pred.votes.astype(np.int64)}
+            {
+                "probability": pred.prob.astype(np.float32),
+                "label": pred.label.astype(np.int64),
+                "votes": pred.votes.astype(np.int64),
+            }
         )
         for j, name in enumerate(self.ensemble.member_names):
             out[f"prob_{name}"] = pred.member_probs[:, j].astype(np.float32)
@@ -98,7 +101,9 @@ def configure(params: Params, experiment: str | None = None) -> str:
     (default ``ensemble.experiment``); see :func:`naslung.tracking.configure`."""
     from naslung import tracking
 
-    return tracking.configure(params.mlflow_uri, experiment or params.ensemble.experiment, params.paths.mlflow_artifacts)
+    return tracking.configure(
+        params.mlflow_uri, experiment or params.ensemble.experiment, params.paths.mlflow_artifacts
+    )
 
 
 # --- lineage -------------------------------------------------------------------------------------------
@@ -141,9 +146,11 @@ def validation_status(params: Params, data_md5: dict[str, str] | None = None) ->
         seen = data.get("md5") or {}
         differ = [k for k in ("manifest", "patches") if seen.get(k) != data_md5.get(k)]
         if differ:
-            return False, (f"{path} is about other data than the model was trained on ({', '.join(differ)} md5 "
-                           f"{[seen.get(k) for k in differ]} vs {[data_md5.get(k) for k in differ]}); "
-                           "run `naslung validate` on the current data")
+            return False, (
+                f"{path} is about other data than the model was trained on ({', '.join(differ)} md5 "
+                f"{[seen.get(k) for k in differ]} vs {[data_md5.get(k) for k in differ]}); "
+                "run `naslung validate` on the current data"
+            )
     if data.get("success") is True:
         return True, f"{path}: success"
     failed = [k for k, v in (data.get("suites") or {}).items() if isinstance(v, dict) and not v.get("success")]
@@ -156,7 +163,7 @@ def dvc_url(path: str | Path) -> str | None:
         import dvc.api
 
         return str(dvc.api.get_url(str(path)))
-    except Exception:  # noqa: BLE001 - not a DVC repo / not tracked: lineage falls back to md5s
+    except Exception:
         return None
 
 
@@ -251,9 +258,14 @@ def model_card(params: Params, index: dict[str, Any], metrics: dict[str, Any], t
         "- Labels are the mean of up to four LIDC readers' malignancy ratings (indeterminate nodules "
         "excluded), not pathology.",
         "- Small test folds: fold-to-fold spread is large; compare mean ± std, not single folds.",
-        *([f"- Test folds {metrics['selection_leak_folds']} were training/validation data of the architecture "
-           f"search (it held out fold {params.search.fold} only): their figures are optimistic."]
-          if metrics.get("selection_leak_folds") else []),
+        *(
+            [
+                f"- Test folds {metrics['selection_leak_folds']} were training/validation data of the architecture "
+                f"search (it held out fold {params.search.fold} only): their figures are optimistic."
+            ]
+            if metrics.get("selection_leak_folds")
+            else []
+        ),
         "",
         "## Reproduce",
         reproduce_text(params, tags),
@@ -294,14 +306,22 @@ def log_explain_panel(params: Params, ensemble: Any, fold: int) -> str | None:
     try:
         store = PatchStore.open(params.paths.artifacts)
         with tempfile.TemporaryDirectory(prefix="naslung-explain-") as tmp:
-            summary = explain_test_fold(ensemble, store, params.prepare.n_folds, fold, params.seed, tmp,
-                                        title=f"{params.registry.name} ({len(ensemble)} members)")
+            summary = explain_test_fold(
+                ensemble,
+                store,
+                params.prepare.n_folds,
+                fold,
+                params.seed,
+                tmp,
+                title=f"{params.registry.name} ({len(ensemble)} members)",
+            )
             mlflow.log_artifacts(tmp, "explain")
     except (FileNotFoundError, TypeError, ValueError) as exc:  # no patch store / a member without maps
         warnings.warn(f"register: no explainability panel logged: {exc}", stacklevel=2)
         return None
-    mlflow.log_metrics({f"explain.{k}_mass_ratio": float(summary[k]["ratio_of_means"])
-                        for k in ("CAM", "attention") if k in summary})
+    mlflow.log_metrics(
+        {f"explain.{k}_mass_ratio": float(summary[k]["ratio_of_means"]) for k in ("CAM", "attention") if k in summary}
+    )
     return "explain/panel_cam.png"
 
 
@@ -329,8 +349,15 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
     configure(params)
     with mlflow.start_run(run_name=f"register-{name}") as run:
         mlflow.set_tags({**tags, "mlflow.source.git.commit": tags[TAG + "git_commit"], TAG + "kind": "register"})
-        mlflow.log_params({"registry.name": name, "members": len(ensemble), "deploy_fold": index["deploy_fold"],
-                           "eval_folds": json.dumps(metrics["folds"]), "params_hash": tags[TAG + "params_hash"]})
+        mlflow.log_params(
+            {
+                "registry.name": name,
+                "members": len(ensemble),
+                "deploy_fold": index["deploy_fold"],
+                "eval_folds": json.dumps(metrics["folds"]),
+                "params_hash": tags[TAG + "params_hash"],
+            }
+        )
         mlflow.log_metrics({k: float(v) for k, v in metrics["summary"].items() if np.isfinite(float(v))})
         manifest = Path(params.paths.artifacts) / "manifest.csv"
         if manifest.is_file():
@@ -351,8 +378,13 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
                 artifacts={"ensemble": str(model_dir), "model_card": str(card_path)},
                 signature=signature(ensemble.member_names),
                 input_example=input_example(),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
-                                  f"mlflow=={mlflow.__version__}", "naslung"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                    "pandas",
+                    f"mlflow=={mlflow.__version__}",
+                    "naslung",
+                ],
                 registered_model_name=name,
             )
         version = str(info.registered_model_version)
@@ -374,8 +406,9 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
     return Registration(name, version, run.info.run_id, info.model_uri, tags)
 
 
-def download_ensemble(params: Params, dest: Path, alias: str | None = None,
-                      version: str | None = None) -> tuple[Path, dict[str, Any]]:
+def download_ensemble(
+    params: Params, dest: Path, alias: str | None = None, version: str | None = None
+) -> tuple[Path, dict[str, Any]]:
     """Download the ``ensemble`` artifact of ``registry.name`` at ``alias`` or ``version`` into ``dest``.
 
     Returns (ensemble dir, {"version", "run_id", "source", "aliases"}); ``serve package`` builds the .mar
@@ -396,8 +429,12 @@ def download_ensemble(params: Params, dest: Path, alias: str | None = None,
     if "ensemble" not in artifacts:
         raise ValueError(f"{uri}: the registered model has no 'ensemble' artifact (found {sorted(artifacts)})")
     ens_dir = local / artifacts["ensemble"]["path"]
-    meta = {"version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-            "aliases": list(getattr(mv, "aliases", []) or [])}
+    meta = {
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "aliases": list(getattr(mv, "aliases", []) or []),
+    }
     return ens_dir, meta
 
 
@@ -464,7 +501,9 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
         return _record(client, GateDecision(name, v, False, f"data validation did not pass: {why}", tolerance=tol))
     mine = _per_fold_f1(mv)
     if not mine:
-        return _record(client, GateDecision(name, v, False, "version carries no per-fold F1 (naslung.f1_per_fold)", tolerance=tol))
+        return _record(
+            client, GateDecision(name, v, False, "version carries no per-fold F1 (naslung.f1_per_fold)", tolerance=tol)
+        )
     if champ is None:
         f1 = float(np.mean(list(mine.values())))
         d = GateDecision(name, v, True, f"no champion yet; validation passed, mean F1 {f1:.4f}", f1, None, None, tol)
@@ -472,13 +511,26 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
         theirs = _per_fold_f1(champ)
         common = sorted(set(mine) & set(theirs))
         if not common:
-            return _record(client, GateDecision(name, v, False, f"no test fold in common with champion v{champ.version} "
-                                                f"({sorted(mine)} vs {sorted(theirs)})", None, str(champ.version), None, tol))
+            return _record(
+                client,
+                GateDecision(
+                    name,
+                    v,
+                    False,
+                    f"no test fold in common with champion v{champ.version} ({sorted(mine)} vs {sorted(theirs)})",
+                    None,
+                    str(champ.version),
+                    None,
+                    tol,
+                ),
+            )
         f1 = float(np.mean([mine[f] for f in common]))
         cf1 = float(np.mean([theirs[f] for f in common]))
         ok = f1 >= cf1 - tol
-        reason = (f"mean F1 {f1:.4f} {'>=' if ok else '<'} champion v{champ.version} {cf1:.4f} - tolerance {tol} "
-                  f"on folds {common}")
+        reason = (
+            f"mean F1 {f1:.4f} {'>=' if ok else '<'} champion v{champ.version} {cf1:.4f} - tolerance {tol} "
+            f"on folds {common}"
+        )
         mine_data, their_data = mv.tags.get(TAG + "data.hash"), champ.tags.get(TAG + "data.hash")
         if mine_data != their_data:  # said, not hidden: new data means other test sets behind the same fold ids
             reason += f" (evaluated on other data: champion data {their_data}, challenger data {mine_data})"

@@ -74,8 +74,9 @@ class ServingClient:
     :func:`naslung.scoring.decode_map`).
     """
 
-    def __init__(self, base_url: str, model_name: str, key: str | None, timeout_s: float = 120.0,
-                 retries: int = 2) -> None:
+    def __init__(
+        self, base_url: str, model_name: str, key: str | None, timeout_s: float = 120.0, retries: int = 2
+    ) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -159,8 +160,10 @@ def _message(text: str) -> str:
 def unsafe_uid_reason(uid: str) -> str | None:
     """Why a series uid cannot name a file inside --scans (path separators, '..', absolute), else None."""
     if uid in (".", "..") or "/" in uid or "\\" in uid or uid.startswith("~") or os.path.isabs(uid) or "\x00" in uid:
-        return (f"seriesuid {uid!r} is not a plain series name: scan paths resolve only inside --scans "
-                "(path separators, '..' and absolute paths are refused)")
+        return (
+            f"seriesuid {uid!r} is not a plain series name: scan paths resolve only inside --scans "
+            "(path separators, '..' and absolute paths are refused)"
+        )
     return None
 
 
@@ -187,9 +190,11 @@ def index_scans(scans_dir: Path) -> dict[str, Path]:
         except ScanError:
             out[uid] = ref.path  # unreadable header: reading it later gives the row its error
             continue
-        if data_name.upper() == "LOCAL" or data_name.upper().startswith("LIST"):
-            out[uid] = ref.path
-        elif inside(Path(ref.path).parent / data_name):
+        if (
+            data_name.upper() == "LOCAL"
+            or data_name.upper().startswith("LIST")
+            or inside(Path(ref.path).parent / data_name)
+        ):
             out[uid] = ref.path
         else:
             logger.warning("%s: data file %r lies outside the scan root %s; scan ignored", ref.path, data_name, root)
@@ -368,9 +373,16 @@ def score_csv(
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ident).strip("._")[:80] or str(row + 1)
         name = f"nodule {ident}" if ident else f"row {row + 1}"
         path = png_dir / f"row{row + 1}_{safe}.png"
-        save_overlay(path, patch, heat, prob=float(answer["probability"]), name=name,
-                     label=f"CAM, class {target} ({'malignant' if target == 1 else 'benign'})")
+        save_overlay(
+            path,
+            patch,
+            heat,
+            prob=float(answer["probability"]),
+            name=name,
+            label=f"CAM, class {target} ({'malignant' if target == 1 else 'benign'})",
+        )
         return f"{png_dir.name}/{path.name}"
+
     lock = threading.Lock()
     last_write = [time.monotonic()]
 
@@ -391,7 +403,7 @@ def score_csv(
                 results["votes"][r] = int(a["votes"])
                 results["model_version"][r] = a.get("model_version", "")
                 results["status"][r] = "pending"
-        except Exception as exc:  # noqa: BLE001 - one failed request must not lose the other rows
+        except Exception as exc:
             for r in rows:
                 fail(r, f"row {r + 1}: scoring failed: {type(exc).__name__}: {exc}")
         else:
@@ -400,7 +412,7 @@ def score_csv(
                 if explain:
                     try:
                         results[EXPLAIN_COLUMN][r] = overlay(r, patches[j], a)
-                    except Exception as exc:  # noqa: BLE001 - a missing map must not lose the row
+                    except Exception as exc:
                         fail(r, f"row {r + 1}: scored, but no explanation overlay: {type(exc).__name__}: {exc}")
                         continue
                 results["status"][r] = "ok"

@@ -66,7 +66,9 @@ def encode_payload(patches: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_payload(body: bytes | bytearray | memoryview | None, max_bytes: int, patch_size: int = PATCH_SIZE) -> np.ndarray:
+def decode_payload(
+    body: bytes | bytearray | memoryview | None, max_bytes: int, patch_size: int = PATCH_SIZE
+) -> np.ndarray:
     """Decode and validate one request body.
 
     Returns float32 patches of shape (N, 1, P, P, P) (model input), values in [0, 1].
@@ -205,9 +207,8 @@ def explain_results(ensemble: Any, X: np.ndarray, model: ModelId | None = None) 
 
     ``ensemble`` needs a ``members`` list of models with ``forward_maps`` (``naslung.ensemble.model.Ensemble``).
     """
-    from naslung.explain.maps import explain
-
     from naslung.ensemble.model import EnsemblePrediction
+    from naslung.explain.maps import explain
 
     maps = explain(ensemble, X, target="vote")
     results = patch_results(EnsemblePrediction.from_member_probs(maps.member_probs), model)
@@ -250,7 +251,9 @@ def score_requests(
             if flag and len(x) > limit:
                 raise PayloadError(
                     f"an explanation request may hold at most {limit} patches (got {len(x)}): the maps make the "
-                    "answer large; send fewer patches per request", 413)
+                    "answer large; send fewer patches per request",
+                    413,
+                )
             decoded.append(x)
         except PayloadError as err:
             decoded.append(err)
@@ -267,7 +270,7 @@ def score_requests(
         else:
             try:
                 results = explain_results(ensemble, X, model)
-            except Exception as exc:  # noqa: BLE001 - a failed map computation must not fail the plain predictions
+            except Exception as exc:
                 logger.exception("explainability maps failed for %d request(s)", len(idx))
                 message = f"explainability maps failed: {type(exc).__name__}: {exc}"
                 for i in idx:

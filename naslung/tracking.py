@@ -18,6 +18,7 @@ Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else ``params.paths.mlflow_uri``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -29,16 +30,16 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import mlflow.pyfunc  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models.signature import ModelSignature  # noqa: E402
-from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 
-from naslung.lineage import file_md5, git_commit, stage_outs_md5  # noqa: E402
+from naslung.lineage import file_md5, git_commit, stage_outs_md5
 
 MODEL_NAME = "model"
 INPUT_SHAPE = (-1, 1, 32, 32, 32)
@@ -69,10 +70,8 @@ def configure(uri: str | None, experiment: str = "naslung-train", artifacts_root
     if not served and artifacts_root is not None and mlflow.get_experiment_by_name(experiment) is None:
         root = Path(artifacts_root).resolve() / experiment
         root.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(MlflowException):  # created concurrently
             mlflow.create_experiment(experiment, artifact_location=root.as_uri())
-        except MlflowException:  # created concurrently
-            pass
     mlflow.set_experiment(experiment)
     return resolved
 
@@ -163,7 +162,9 @@ def log_model(model: torch.nn.Module, spec: Any, margin_m: int, name: str = MODE
         weights = Path(tmp) / "weights.pt"
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(encoding="utf-8", data=json.dumps({"spec": spec.to_dict(), "margin_m": int(margin_m)}, indent=1))
+        spec_path.write_text(
+            encoding="utf-8", data=json.dumps({"spec": spec.to_dict(), "margin_m": int(margin_m)}, indent=1)
+        )
         with warnings.catch_warnings():  # explicit tensor signature: no input example or type hints needed
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = mlflow.pyfunc.log_model(
@@ -171,7 +172,11 @@ def log_model(model: torch.nn.Module, spec: Any, margin_m: int, name: str = MODE
                 python_model=NASLungPyfunc(),
                 artifacts={"weights": str(weights), "spec": str(spec_path)},
                 signature=model_signature(),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", f"mlflow=={mlflow.__version__}"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                    f"mlflow=={mlflow.__version__}",
+                ],
             )
     return info.model_uri
 
@@ -226,7 +231,7 @@ def run_summary(run_id: str) -> dict[str, Any]:
     """Params, metrics (latest values), tags and model URI of a run, read through MlflowClient."""
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
-    models = [m for m in (run.outputs.model_outputs if run.outputs else [])]
+    models = list(run.outputs.model_outputs if run.outputs else [])
     model_uri = f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/{MODEL_NAME}"
     return {
         "params": dict(run.data.params),

@@ -68,8 +68,13 @@ def check_annotations(path: Path, p: Params) -> CheckReport:
     for col in ("coordX", "coordY", "coordZ", "diameter_mm"):
         frame[col] = pd.to_numeric(raw[col], errors="coerce")
     frame["nodule_key"] = (
-        raw["seriesuid"].astype(str) + "@" + raw["coordX"].astype(str) + "," + raw["coordY"].astype(str)
-        + "," + raw["coordZ"].astype(str)
+        raw["seriesuid"].astype(str)
+        + "@"
+        + raw["coordX"].astype(str)
+        + ","
+        + raw["coordY"].astype(str)
+        + ","
+        + raw["coordZ"].astype(str)
     )
     score_col = next((c for c in SCORE_COLUMNS if c in raw.columns), None)
     lo, hi = p.validate.diameter_mm

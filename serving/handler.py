@@ -87,7 +87,11 @@ class NASLungHandler(BaseHandler):
         self.initialized = True
         logger.info(
             "NASLung ensemble %s v%s loaded on %s (%d threads, payload limit %d bytes)",
-            self.model_id.name, self.model_id.version, self.device, torch.get_num_threads(), self.max_bytes,
+            self.model_id.name,
+            self.model_id.version,
+            self.device,
+            torch.get_num_threads(),
+            self.max_bytes,
         )
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:

@@ -77,8 +77,20 @@ def test_alpha_converges_to_large_receptive_field_op() -> None:
     X = (torch.rand(96, 2, 12, 12, 12) < 0.002).float()
     Y = F.max_pool3d(X, 7, stride=1, padding=3)
     net = ToyNet(space)
-    res = search(net, (X[:64], Y[:64]), (X[64:], Y[64:]), F.mse_loss, epochs=20, warmup_epochs=3,
-                 batch_size=8, w_lr=1e-2, alpha_lr=5e-2, tau_max=2.0, tau_min=0.3, seed=0)
+    res = search(
+        net,
+        (X[:64], Y[:64]),
+        (X[64:], Y[64:]),
+        F.mse_loss,
+        epochs=20,
+        warmup_epochs=3,
+        batch_size=8,
+        w_lr=1e-2,
+        alpha_lr=5e-2,
+        tau_max=2.0,
+        tau_min=0.3,
+        seed=0,
+    )
     p = net.probabilities()[0]
     names = net.cell.names
     assert names[int(p.argmax())] == "k7_e2", dict(zip(names, p.round(3)))
@@ -132,8 +144,8 @@ def _toy_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_dnas_arch_is_a_spec() -> None:
-    from naslung.models.factory import build, parse_member_spec, spec_flops, spec_from_dict, spec_from_json
     from naslung.models.complexity import count_flops_hooks
+    from naslung.models.factory import build, parse_member_spec, spec_flops, spec_from_dict, spec_from_json
     from naslung.models.spec import ArchSpec
 
     arch = DnasArch(SMALL, ("skip", "k3_e2", "k5_e3"))

@@ -35,8 +35,14 @@ TINY = ["[4, 4, [4], [4], [4]]", "[4, 4, [4], [8], [8]]", "[4, 4, [4, 4], [4], [
 N_FOLDS, PER_FOLD = 4, 8
 
 
-def make_project(root: Path, *, specs: list[str] = TINY, folds: list[int] = (1, 2), registry_name: str = "naslung-test",
-                 extra: dict | None = None) -> Path:
+def make_project(
+    root: Path,
+    *,
+    specs: list[str] = TINY,
+    folds: list[int] = (1, 2),
+    registry_name: str = "naslung-test",
+    extra: dict | None = None,
+) -> Path:
     """Tiny project in ``root``: patch store + annotations + params.yaml (absolute paths); returns params path."""
     root.mkdir(parents=True, exist_ok=True)
     art = root / "artifacts"
@@ -49,10 +55,22 @@ def make_project(root: Path, *, specs: list[str] = TINY, folds: list[int] = (1, 
     np.save(art / "patches.npy", patches)
     rows = []
     for i in range(n):
-        rows.append({"nodule_id": f"n{i:03d}", "seriesuid": f"1.2.3.{i}", "coordX": 1.0 * i, "coordY": 2.0, "coordZ": 3.0,
-                     "diameter_mm": 8.0, "reader_scores": "4;5" if labels[i] else "1;2",
-                     "mean_score": 4.5 if labels[i] else 1.5, "label": int(labels[i]), "fold": i // PER_FOLD,
-                     "scan_path": f"subset0/1.2.3.{i}.mhd", "patch_index": i})
+        rows.append(
+            {
+                "nodule_id": f"n{i:03d}",
+                "seriesuid": f"1.2.3.{i}",
+                "coordX": 1.0 * i,
+                "coordY": 2.0,
+                "coordZ": 3.0,
+                "diameter_mm": 8.0,
+                "reader_scores": "4;5" if labels[i] else "1;2",
+                "mean_score": 4.5 if labels[i] else 1.5,
+                "label": int(labels[i]),
+                "fold": i // PER_FOLD,
+                "scan_path": f"subset0/1.2.3.{i}.mhd",
+                "patch_index": i,
+            }
+        )
     manifest = pd.DataFrame(rows)
     manifest.to_csv(art / "manifest.csv", index=False)
     ann = manifest[["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]].copy()
@@ -60,15 +78,27 @@ def make_project(root: Path, *, specs: list[str] = TINY, folds: list[int] = (1, 
     ann["mal_details"] = ["[4, 5]" if v else "[1, 2]" for v in manifest["label"]]
     ann.to_csv(root / "annotations.csv", index=False)
     params = {
-        "paths": {"raw": str(root / "raw"), "annotations": str(root / "annotations.csv"), "artifacts": str(art),
-                  "mlflow_artifacts": str(root / "mlflow-artifacts")},
+        "paths": {
+            "raw": str(root / "raw"),
+            "annotations": str(root / "annotations.csv"),
+            "artifacts": str(art),
+            "mlflow_artifacts": str(root / "mlflow-artifacts"),
+        },
         "prepare": {"n_folds": N_FOLDS},
         "train": {"batch_size": 8, "patience": 1, "device": "cpu", "num_threads": 1},
         "latency": {"batch_sizes": [2], "warmup": 0, "repeats": 1, "trials": 1},
         "search": {"out_dir": str(root / "search")},
-        "ensemble": {"specs": list(specs), "epochs": 1, "folds": list(folds), "deploy_fold": folds[0],
-                     "sizes": [1, 3, 5], "size_repeats": 3, "out_dir": str(art / "ensemble"), "cbam": False,
-                     "head": "linear"},
+        "ensemble": {
+            "specs": list(specs),
+            "epochs": 1,
+            "folds": list(folds),
+            "deploy_fold": folds[0],
+            "sizes": [1, 3, 5],
+            "size_repeats": 3,
+            "out_dir": str(art / "ensemble"),
+            "cbam": False,
+            "head": "linear",
+        },
         "registry": {"name": registry_name, "cron": "0 4 * * *"},
     }
     for section, values in (extra or {}).items():
@@ -93,8 +123,11 @@ def constant_ensemble(params_path: Path, out_dir: Path, malignant: bool) -> Para
     params = params.replace(ensemble=type(params.ensemble)(**{**params.ensemble.__dict__, "out_dir": str(out_dir)}))
     specs = member_specs(params)
     data = data_version(params.paths.artifacts)
-    recs = [score_member(params, s, f, data["hash"], constant_model(s, malignant))
-            for f in params.ensemble.folds for s in specs]
+    recs = [
+        score_member(params, s, f, data["hash"], constant_model(s, malignant))
+        for f in params.ensemble.folds
+        for s in specs
+    ]
     write_index(params, specs, recs, data)
     return params
 
@@ -107,7 +140,7 @@ def test_majority_label_needs_more_than_half() -> None:
     votes, label = majority_label(p)
     assert votes.tolist() == [2, 1, 2]
     assert label.tolist() == [1, 0, 1]
-    votes2, label2 = majority_label(np.array([[0.9, 0.1], [0.9, 0.8]]))  # k=2: both must agree
+    _votes2, label2 = majority_label(np.array([[0.9, 0.1], [0.9, 0.8]]))  # k=2: both must agree
     assert label2.tolist() == [0, 1]
 
 
@@ -133,8 +166,11 @@ def test_ensemble_predict_save_load_roundtrip(tmp_path: Path) -> None:
 
 def test_constant_members_vote(tmp_path: Path) -> None:
     spec = ArchSpec.parse(TINY[0], cbam=False, head="linear")
-    ens = Ensemble([constant_model(spec, True), constant_model(spec, True), constant_model(spec, False)], [spec] * 3,
-                   ["a", "b", "c"])
+    ens = Ensemble(
+        [constant_model(spec, True), constant_model(spec, True), constant_model(spec, False)],
+        [spec] * 3,
+        ["a", "b", "c"],
+    )
     pred = ens.predict(np.zeros((4, 1, 32, 32, 32), np.float32))
     assert pred.votes.tolist() == [2] * 4 and pred.label.tolist() == [1] * 4
 
@@ -149,7 +185,9 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     # every member of fold k was trained without fold k: its split is recorded with the member
     for m in index["members"]:
         split = json.loads((Path(m["dir"]) / "member.json").read_text())["split"]
-        assert split["test_fold"] == m["fold"] and m["fold"] not in split["train_folds"] and split["val_fold"] != m["fold"]
+        assert (
+            split["test_fold"] == m["fold"] and m["fold"] not in split["train_folds"] and split["val_fold"] != m["fold"]
+        )
     weights = [Path(m["dir"]) / "weights.pt" for m in index["members"]]
     mtimes = [w.stat().st_mtime_ns for w in weights]
 
@@ -175,7 +213,7 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     fold1 = {r.name: r for r in recs if r.fold == 1}
     from naslung.data.store import PatchStore
 
-    X, y, ids = PatchStore.open(params.paths.artifacts).arrays([1])
+    X, _y, _ids = PatchStore.open(params.paths.artifacts).arrays([1])
     pred = ens.predict(X)
     for j, name in enumerate(ens.member_names):
         np.testing.assert_allclose(pred.member_probs[:, j], fold1[name].predictions()[2], rtol=1e-4, atol=1e-5)
@@ -183,8 +221,7 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     # a new fold later: only those members train
     changed = params.replace(ensemble=type(params.ensemble)(**{**params.ensemble.__dict__, "folds": (1, 3)}))
     third = train_ensemble(changed, log=False, progress=False)  # new fold 3: only those members train
-    assert sorted((m["fold"], m["cached"]) for m in third["members"]) == sorted(
-        [(1, True)] * 3 + [(3, False)] * 3)
+    assert sorted((m["fold"], m["cached"]) for m in third["members"]) == sorted([(1, True)] * 3 + [(3, False)] * 3)
 
 
 def test_ensemble_metrics_use_vote_for_labels_and_mean_for_auc() -> None:
@@ -200,9 +237,19 @@ def test_ensemble_metrics_use_vote_for_labels_and_mean_for_auc() -> None:
 
 # --- mixing POP and DNAS members ----------------------------------------------------------------------------
 
-DNAS_ARCH = {"kind": "dnas", "ops": ["skip", "k3_e2", "k3_e2"],
-             "space": {"stem": 4, "layers": [[4, 1], [8, 2], [8, 2]], "head_channels": 8, "kernels": [3],
-                       "expansions": [2], "skip": True, "in_channels": 1}}
+DNAS_ARCH = {
+    "kind": "dnas",
+    "ops": ["skip", "k3_e2", "k3_e2"],
+    "space": {
+        "stem": 4,
+        "layers": [[4, 1], [8, 2], [8, 2]],
+        "head_channels": 8,
+        "kernels": [3],
+        "expansions": [2],
+        "skip": True,
+        "in_channels": 1,
+    },
+}
 
 
 def test_member_specs_mix_selection_files_of_both_strategies(tmp_path: Path) -> None:
@@ -214,10 +261,14 @@ def test_member_specs_mix_selection_files_of_both_strategies(tmp_path: Path) -> 
     (tmp_path / "search" / "dnas").mkdir(parents=True)
     pop_file, dnas_file = tmp_path / "search" / "selected.json", tmp_path / "search" / "dnas" / "selected.json"
     pop_file.write_text(json.dumps([{"spec": s.to_dict(), "spec_id": s.spec_id, "accuracy": 0.5} for s in pop]))
-    dnas_file.write_text(json.dumps([{"spec": dn.to_dict(), "spec_id": dn.spec_id, "strategy": "dnas"},
-                                     {"spec": pop[0].to_dict()}]))  # a duplicate is dropped
-    params = load_params(make_project(tmp_path / "p", specs=[], extra={
-        "ensemble": {"members": [str(pop_file), str(dnas_file)], "specs": []}}))
+    dnas_file.write_text(
+        json.dumps([{"spec": dn.to_dict(), "spec_id": dn.spec_id, "strategy": "dnas"}, {"spec": pop[0].to_dict()}])
+    )  # a duplicate is dropped
+    params = load_params(
+        make_project(
+            tmp_path / "p", specs=[], extra={"ensemble": {"members": [str(pop_file), str(dnas_file)], "specs": []}}
+        )
+    )
     assert params.ensemble.members == (str(pop_file), str(dnas_file))
     specs = member_specs(params)
     assert specs == [*pop, dn]
@@ -228,8 +279,20 @@ def test_member_specs_mix_selection_files_of_both_strategies(tmp_path: Path) -> 
     # cache keys: distinct per spec, and a member record reads its DNAS spec back
     keys = {member_key(s, 1, "data", "params") for s in specs}
     assert len(keys) == 3
-    rec = MemberRecord(name=dn.spec_id, spec=dn.to_dict(), spec_id=dn.spec_id, fold=1, key="k", dir="d",
-                       run_id=None, val={}, test={}, best_epoch=1, n_params=1, flops=1)
+    rec = MemberRecord(
+        name=dn.spec_id,
+        spec=dn.to_dict(),
+        spec_id=dn.spec_id,
+        fold=1,
+        key="k",
+        dir="d",
+        run_id=None,
+        val={},
+        test={},
+        best_epoch=1,
+        n_params=1,
+        flops=1,
+    )
     assert rec.arch() == dn
 
 

@@ -44,8 +44,10 @@ def test_maps_shapes_and_ensemble_mean() -> None:
     np.testing.assert_array_equal(pred.target, (ens.prob >= 0.5).astype(int))
     np.testing.assert_allclose(class_weights(members[0]).norm(dim=1).numpy(), 1.0, rtol=1e-5)
     # a DNAS-derived model: CAM works, no attention
-    arch = DnasArch(DnasSpace(stem=4, layers=((4, 1), (8, 2), (8, 2)), head_channels=8, kernels=(3,), expansions=(2,)),
-                    ("skip", "k3_e2", "k3_e2"))
+    arch = DnasArch(
+        DnasSpace(stem=4, layers=((4, 1), (8, 2), (8, 2)), head_channels=8, kernels=(3,), expansions=(2,)),
+        ("skip", "k3_e2", "k3_e2"),
+    )
     d = explain(DnasNet(arch).eval(), X)
     assert d.cam.shape == (3, 32, 32, 32) and d.attention is None and np.isfinite(d.cam).all()
     with pytest.raises(ValueError, match="class targets"):
@@ -75,14 +77,22 @@ def test_cam_mass_concentrates_on_the_nodule(capsys) -> None:
     on the sphere than a uniform map would (the figure is printed; see the module report for values)."""
     X, y, masks = sphere_patches(144, seed=0)
     tp = TrainParams(epochs=8, batch_size=16, lr=3e-3, betas=(0.9, 0.999), pad=0, flips=False, patience=8)
-    res = fit(ArchSpec.parse("cbam[4,4,[8],[8],[16]]"), (X[:112], y[:112]), (X[112:], y[112:]),
-              ModelParams(head="linear"), tp, seed=0)
+    res = fit(
+        ArchSpec.parse("cbam[4,4,[8],[8],[16]]"),
+        (X[:112], y[:112]),
+        (X[112:], y[112:]),
+        ModelParams(head="linear"),
+        tp,
+        seed=0,
+    )
     assert res.val_metrics["accuracy"] >= 0.6, res.val_metrics
     mal = y[112:] == 1
     ex = explain(res.model, X[112:][mal], target=1)
     cam = mass_report(ex.cam, masks[112:][mal])
     att = mass_report(ex.attention, masks[112:][mal])
     with capsys.disabled():
-        print(f"\n[sanity] val acc {res.val_metrics['accuracy']:.3f}; malignant CAM mass/share {cam.ratio_of_means:.2f} "
-              f"(mass {cam.mean_mass:.3f}, share {cam.mean_share:.4f}); attention mass/share {att.ratio_of_means:.2f}")
+        print(
+            f"\n[sanity] val acc {res.val_metrics['accuracy']:.3f}; malignant CAM mass/share {cam.ratio_of_means:.2f} "
+            f"(mass {cam.mean_mass:.3f}, share {cam.mean_share:.4f}); attention mass/share {att.ratio_of_means:.2f}"
+        )
     assert cam.ratio_of_means > 1.2, cam.to_dict()

@@ -24,8 +24,13 @@ UID_A = "1.2.826.0.1.3680043.8.498.1"
 UID_B = "1.2.826.0.1.3680043.8.498.2"
 
 
-def make_scan(spacing=(0.7, 0.7, 2.0), origin=(-100.0, -90.0, -300.0), size=(120, 110, 40),
-              direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), blob_index=(60, 50, 20)) -> sitk.Image:
+def make_scan(
+    spacing=(0.7, 0.7, 2.0),
+    origin=(-100.0, -90.0, -300.0),
+    size=(120, 110, 40),
+    direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+    blob_index=(60, 50, 20),
+) -> sitk.Image:
     """int16 'lung' at -850 HU with a +40 HU sphere (radius 5 mm) around ``blob_index`` (x, y, z)."""
     img = sitk.Image(list(size), sitk.sitkInt16)
     img.SetSpacing(spacing)
@@ -33,8 +38,11 @@ def make_scan(spacing=(0.7, 0.7, 2.0), origin=(-100.0, -90.0, -300.0), size=(120
     img.SetDirection(direction)
     arr = np.full(size[::-1], -850, np.int16)
     zz, yy, xx = np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")
-    d2 = (((xx - blob_index[0]) * spacing[0]) ** 2 + ((yy - blob_index[1]) * spacing[1]) ** 2
-          + ((zz - blob_index[2]) * spacing[2]) ** 2)
+    d2 = (
+        ((xx - blob_index[0]) * spacing[0]) ** 2
+        + ((yy - blob_index[1]) * spacing[1]) ** 2
+        + ((zz - blob_index[2]) * spacing[2]) ** 2
+    )
     arr[d2 <= 25.0] = 40
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(img)
@@ -85,7 +93,7 @@ def test_read_annotations_formats_and_bad_rows(tmp_path: Path) -> None:
     assert read_annotations(luna)["reader_scores"].tolist() == [[4, 4, 3]]
     bad = tmp_path / "bad.csv"
     bad.write_text("uid,x,y\n1,2,3\n")
-    with pytest.raises(ValueError, match="bad.csv.*missing required column"):
+    with pytest.raises(ValueError, match=r"bad\.csv.*missing required column"):
         read_annotations(bad)
 
 
@@ -156,8 +164,9 @@ def test_scan_index_subsets(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ patches
 
 
-@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1),
-                                       (0, 1, 0, 1, 0, 0, 0, 0, -1)])
+@pytest.mark.parametrize(
+    "direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 1, 0, 1, 0, 0, 0, 0, -1)]
+)
 def test_patch_is_centred_on_world_point(direction: tuple) -> None:
     img = make_scan(direction=direction, blob_index=(60, 50, 20))
     world = np.array(img.TransformIndexToPhysicalPoint((60, 50, 20)))
@@ -217,7 +226,8 @@ def test_prepare_every_row_in_manifest_or_rejects(tmp_path: Path) -> None:
     ]
     ann = tmp_path / "ann.csv"
     pd.DataFrame(rows, columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "mal_details"]).to_csv(
-        ann, index=False)
+        ann, index=False
+    )
     summary = prepare(raw, ann, tmp_path / "out", P, progress=False)
     man = pd.read_csv(tmp_path / "out" / "manifest.csv")
     rej = pd.read_csv(tmp_path / "out" / "rejects.csv")
@@ -233,8 +243,14 @@ def test_prepare_every_row_in_manifest_or_rejects(tmp_path: Path) -> None:
     assert reasons[7].startswith("no scan for series uid: 9.9.9")
     assert reasons[8].startswith("unreadable scan:") and f"{broken}.raw is missing" in reasons[8]
     assert reasons[9].startswith("indeterminate:") and reasons[10].startswith("unrated:")
-    assert summary["rejected_by_reason"] == {"bad coordinates": 2, "indeterminate": 1, "no scan for series uid": 1,
-                                             "outside scan": 1, "unreadable scan": 1, "unrated": 1}
+    assert summary["rejected_by_reason"] == {
+        "bad coordinates": 2,
+        "indeterminate": 1,
+        "no scan for series uid": 1,
+        "outside scan": 1,
+        "unreadable scan": 1,
+        "unrated": 1,
+    }
     metrics = json.loads((tmp_path / "out" / "prepare_metrics.json").read_text())
     assert metrics["n_malignant"] == 2 and metrics["n_benign"] == 2
     assert metrics["per_fold"]["0"] == {"n": 2, "malignant": 1, "benign": 1, "n_series": 1}

@@ -56,6 +56,7 @@ def test_deeplung_reader_table_gives_1004_nodules_450_malignant(shared_data: Pat
     assert counts == {"malignant": 450, "benign": 554, "indeterminate": 0, "unrated": 0}
     # the rule recomputed from the reader scores agrees with the table's own label on every row
     from naslung.data.labels import label_from_scores
+
     assert [label_from_scores(s) for s in table["reader_scores"]] == table["given_label"].astype(int).tolist()
     # dlwpt's table (all 1,182 LUNA16 nodules with mal_details) keeps indeterminate nodules: the rule excludes them
     dl = label_counts(read_annotations(shared_data / "dlwpt-code" / "annotations_with_malignancy.csv"))
@@ -72,7 +73,7 @@ def test_full_scan_nodule_patch_is_soft_tissue(full_scan: sitk.Image) -> None:
     assert -300 < centre.mean() < 300  # soft tissue
     assert (hu > -300).mean() > 0.1 and hu.std() > 100  # not air
     w = extract_patches(full_scan, NODULE_0001[None], P)[0]
-    assert w.dtype == np.float32 and 0 <= w.min() and w.max() <= 1 and w[16, 16, 16] > 0.5
+    assert w.dtype == np.float32 and w.min() >= 0 and w.max() <= 1 and w[16, 16, 16] > 0.5
 
 
 def test_roi_crops_keep_world_coordinates(lidc: Path) -> None:
@@ -100,8 +101,11 @@ def test_patches_match_reference_npz(shared_data: Path, full_scan: sitk.Image, l
     ref = np.load(shared_data / "LIDC-patches-derived" / "lidc_0001-0003_patches_32cube_1mm.npz")
     meta = pd.read_csv(shared_data / "LIDC-patches-derived" / "lidc_0001-0003_patches_32cube_1mm.csv")
     assert len(meta) == 82 and np.allclose(meta[["coordX", "coordY", "coordZ"]].to_numpy(), ref["world_xyz"])
-    images = {UID_0001: full_scan, UID_0002: read_scan(lidc / "roi" / f"{UID_0002}.mhd"),
-              UID_0003: read_scan(lidc / "roi" / f"{UID_0003}.mhd")}
+    images = {
+        UID_0001: full_scan,
+        UID_0002: read_scan(lidc / "roi" / f"{UID_0002}.mhd"),
+        UID_0003: read_scan(lidc / "roi" / f"{UID_0003}.mhd"),
+    }
     p0 = dataclasses.replace(P, fill_hu=0.0)
     results = []
     for uid, img in images.items():
@@ -123,8 +127,10 @@ def test_patches_match_reference_npz(shared_data: Path, full_scan: sitk.Image, l
             corr = float(np.corrcoef(ours, theirs)[0, 1])
             results.append((i, uid, int(mask.sum()), corr, float(np.abs(ours - theirs).max() * 1800)))
     compared = [r for r in results if r[3] is not None]
-    print(f"\nreference npz: {len(compared)} of 82 patches overlap the available scans "
-          f"({sum(r[2] == 32 ** 3 for r in compared)} entirely); per-patch correlation:")
+    print(
+        f"\nreference npz: {len(compared)} of 82 patches overlap the available scans "
+        f"({sum(r[2] == 32**3 for r in compared)} entirely); per-patch correlation:"
+    )
     for i, uid, n, corr, dmax in compared:
         print(f"  #{i:2d} {uid[-6:]} {ref['kind'][i]:24s} voxels {n:5d}  r={corr:.5f}  max|dHU|={dmax:.1f}")
     print(f"  not comparable (outside the cropped ROI): {[int(r[0]) for r in results if r[3] is None]}")
@@ -132,7 +138,7 @@ def test_patches_match_reference_npz(shared_data: Path, full_scan: sitk.Image, l
     print(f"  min r = {corrs.min():.5f}, mean r = {corrs.mean():.5f}")
     assert len(results) == 82 and len(compared) >= 30
     assert corrs.min() > 0.95
-    full = [r for r in compared if r[2] == 32 ** 3]
+    full = [r for r in compared if r[2] == 32**3]
     assert len(full) >= 20 and all(r[3] > 0.9999 and r[4] <= 1.01 for r in full)  # int16 rounding only
 
 
@@ -160,10 +166,14 @@ def _write_dicom_slices(img: sitk.Image, folder: Path, series_uid: str) -> None:
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
         tags = {
-            "0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0020|000d": series_uid + ".1", "0020|000e": series_uid, "0020|0037": orientation,
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0020|000d": series_uid + ".1",
+            "0020|000e": series_uid,
+            "0020|0037": orientation,
             "0020|0032": "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k)))),
-            "0020|0013": str(k + 1), "0018|0050": str(img.GetSpacing()[2]),
+            "0020|0013": str(k + 1),
+            "0018|0050": str(img.GetSpacing()[2]),
             "0008|0018": f"{series_uid}.{k + 1}",
         }
         for key, val in tags.items():
@@ -174,8 +184,9 @@ def _write_dicom_slices(img: sitk.Image, folder: Path, series_uid: str) -> None:
 
 def test_dicom_round_trip_gives_same_patch(full_scan: sitk.Image, tmp_path: Path) -> None:
     idx = np.round(full_scan.TransformPhysicalPointToContinuousIndex(tuple(NODULE_0001))).astype(int)
-    crop = full_scan[int(idx[0]) - 40:int(idx[0]) + 40, int(idx[1]) - 40:int(idx[1]) + 40,
-                     int(idx[2]) - 12:int(idx[2]) + 12]
+    crop = full_scan[
+        int(idx[0]) - 40 : int(idx[0]) + 40, int(idx[1]) - 40 : int(idx[1]) + 40, int(idx[2]) - 12 : int(idx[2]) + 12
+    ]
     uid = "1.2.826.0.1.3680043.8.498.77"
     write_dicom_series(crop, tmp_path / "dicom" / "series", uid)
     index = ScanIndex.build(tmp_path / "dicom")
@@ -207,18 +218,66 @@ def test_prepare_on_real_scans_with_bad_inputs(raw_dir: Path, lidc: Path, tmp_pa
     table = pd.read_csv(lidc / "annotations_with_malignancy_lidc0001-0003.csv")
     extra = pd.DataFrame(
         [
-            {"seriesuid": UID_0001, "coordX": "abc", "coordY": 1, "coordZ": 2, "diameter_mm": 5, "mal_details": "[1, 1]"},
-            {"seriesuid": UID_0001, "coordX": np.nan, "coordY": 1, "coordZ": 2, "diameter_mm": 5, "mal_details": "[1, 1]"},
-            {"seriesuid": UID_0003, "coordX": 300.0, "coordY": 0, "coordZ": -180, "diameter_mm": 5, "mal_details": "[1, 1]"},
+            {
+                "seriesuid": UID_0001,
+                "coordX": "abc",
+                "coordY": 1,
+                "coordZ": 2,
+                "diameter_mm": 5,
+                "mal_details": "[1, 1]",
+            },
+            {
+                "seriesuid": UID_0001,
+                "coordX": np.nan,
+                "coordY": 1,
+                "coordZ": 2,
+                "diameter_mm": 5,
+                "mal_details": "[1, 1]",
+            },
+            {
+                "seriesuid": UID_0003,
+                "coordX": 300.0,
+                "coordY": 0,
+                "coordZ": -180,
+                "diameter_mm": 5,
+                "mal_details": "[1, 1]",
+            },
             {"seriesuid": "1.2.3.404", "coordX": 0.0, "coordY": 0, "coordZ": 0, "diameter_mm": 5, "mal_details": "[1]"},
-            *[{"seriesuid": f"9.9.{n}", "coordX": 0.0, "coordY": 0, "coordZ": 0, "diameter_mm": 5, "mal_details": "[2]"}
-              for n in ("missing", "trunc", "corrupt")],
-            {"seriesuid": UID_0002, "coordX": 59.818, "coordY": 71.683, "coordZ": -103.194, "diameter_mm": 9.0,
-             "mal_details": "[5, 4]"},
-            {"seriesuid": UID_0003, "coordX": 73.833, "coordY": 74.152, "coordZ": -213.628, "diameter_mm": 6.0,
-             "mal_details": "[2]"},
-            {"seriesuid": UID_0003, "coordX": 23.49, "coordY": -47.63, "coordZ": -172.28, "diameter_mm": 8.8,
-             "mal_details": "[4, 2]"},
+            *[
+                {
+                    "seriesuid": f"9.9.{n}",
+                    "coordX": 0.0,
+                    "coordY": 0,
+                    "coordZ": 0,
+                    "diameter_mm": 5,
+                    "mal_details": "[2]",
+                }
+                for n in ("missing", "trunc", "corrupt")
+            ],
+            {
+                "seriesuid": UID_0002,
+                "coordX": 59.818,
+                "coordY": 71.683,
+                "coordZ": -103.194,
+                "diameter_mm": 9.0,
+                "mal_details": "[5, 4]",
+            },
+            {
+                "seriesuid": UID_0003,
+                "coordX": 73.833,
+                "coordY": 74.152,
+                "coordZ": -213.628,
+                "diameter_mm": 6.0,
+                "mal_details": "[2]",
+            },
+            {
+                "seriesuid": UID_0003,
+                "coordX": 23.49,
+                "coordY": -47.63,
+                "coordZ": -172.28,
+                "diameter_mm": 8.8,
+                "mal_details": "[4, 2]",
+            },
         ]
     )
     ann = tmp_path / "ann.csv"
@@ -242,7 +301,7 @@ def test_prepare_on_real_scans_with_bad_inputs(raw_dir: Path, lidc: Path, tmp_pa
     assert set(man.loc[man["seriesuid"] == UID_0001, "fold"]) == {3}
     assert set(man.loc[man["seriesuid"] != UID_0001, "fold"]) == {5}
     assert man.groupby("seriesuid")["fold"].nunique().max() == 1
-    X, y, _ = store.arrays([3, 5])
+    X, _y, _ = store.arrays([3, 5])
     assert X.shape == (6, 1, 32, 32, 32) and (X[:, 0, 14:18, 14:18, 14:18].mean(axis=(1, 2, 3)) > 0.3).all()
 
 

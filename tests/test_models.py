@@ -4,6 +4,7 @@ complexity figures."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -302,7 +303,7 @@ def test_lambda_follows_the_schedule() -> None:
         seen.append(loss.lam)
         loss.step()
     assert seen[0] == 1000.0 and seen[-1] == 5.0
-    assert all(a >= b for a, b in zip(seen, seen[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(seen))
     assert loss.it == 2000
     # the loss uses the current λ: same outputs, later step -> more margin -> larger loss
     (cos_x, phi_x), y = _angle_outputs(1)

@@ -139,7 +139,13 @@ def test_resume_with_known_results_trains_nothing_twice() -> None:
     known = {e.stages: e for e in first.trained}
     calls: list[list[Stages]] = []
     resumed = run_pop(
-        SMALL, fake_eval(calls), fake_lat, budget=12, patience=100, seed=9, known=known,
+        SMALL,
+        fake_eval(calls),
+        fake_lat,
+        budget=12,
+        patience=100,
+        seed=9,
+        known=known,
         latency_cache=first.latency_cache,
     )
     retrained = {s for c in calls for s in c} & set(known)
@@ -155,9 +161,7 @@ def test_covered_estimate_exact_and_monte_carlo_agree() -> None:
     mc = estimate_covered(SMALL, res.certificates, n_samples=4000, seed=1, exhaustive_below=0)
     assert exact["method"] == "exact" and mc["method"] == "monte-carlo"
     assert exact["covered"] >= sum(1 for a in res.pruned)
-    assert mc["covered_fraction"] == pytest.approx(
-        (exact["covered"] + len(res.trained)) / SMALL.size(), abs=0.05
-    )
+    assert mc["covered_fraction"] == pytest.approx((exact["covered"] + len(res.trained)) / SMALL.size(), abs=0.05)
 
 
 def test_select_k_fills_from_next_layers_and_spreads() -> None:

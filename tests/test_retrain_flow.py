@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from test_ensemble import make_project
 
 from naslung.params import load_params
-from test_ensemble import make_project
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -37,10 +37,12 @@ def _wait(predicate, what: str, limit_s: float, proc: subprocess.Popen | None = 
     end = time.monotonic() + limit_s
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}\n{log.read_text()[-4000:] if log else ''}")
+            raise AssertionError(
+                f"{what}: process exited with {proc.returncode}\n{log.read_text()[-4000:] if log else ''}"
+            )
         try:
             value = predicate()
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             value = None
         if value:
             return value
@@ -57,11 +59,20 @@ def _health(url: str) -> bool:
 def prefect_api(tmp_path: Path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_URL": url,
+    }
     log = tmp_path / "prefect-server.log"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait(lambda: _health(url), "prefect server", 120, proc, log)
         yield url, env
@@ -106,12 +117,21 @@ def test_served_retrain_deployment_registers_new_versions(tmp_path: Path, prefec
     params_path = make_project(tmp_path / "project", folds=[1], registry_name=name)
     params = load_params(params_path)
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    serve_env = {**env, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1",
-                 "GX_ANALYTICS_ENABLED": "false"}
+    serve_env = {
+        **env,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "OMP_NUM_THREADS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
     log = tmp_path / "serve.log"
-    serve = subprocess.Popen([sys.executable, "-m", "flows.ensemble", "serve", "--params", str(params_path),
-                              "--name", "retrain-test"], cwd=REPO, env=serve_env, stdout=log.open("w"),
-                             stderr=subprocess.STDOUT)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.ensemble", "serve", "--params", str(params_path), "--name", "retrain-test"],
+        cwd=REPO,
+        env=serve_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deployment = "retrain/retrain-test"
         crons = _wait(lambda: asyncio.run(_deployment_schedules(url, deployment)), "served deployment", 120, serve, log)

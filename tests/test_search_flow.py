@@ -7,6 +7,7 @@ no timed asserts).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -38,9 +39,20 @@ def _write_store(root: Path, n_per_fold: int = 8, n_folds: int = 4) -> None:
         r = 8 if lab else 4
         patches[i][(zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 < r * r] += 0.6 if lab else 0.3
     rows = [
-        {"nodule_id": f"n{i}", "seriesuid": f"s{i // 2}", "coordX": 0.0, "coordY": 0.0, "coordZ": 0.0,
-         "diameter_mm": 8.0, "reader_scores": "4;4" if labels[i] else "1;2", "mean_score": 4.0 if labels[i] else 1.5,
-         "label": int(labels[i]), "fold": i % n_folds, "scan_path": "synthetic", "patch_index": i}
+        {
+            "nodule_id": f"n{i}",
+            "seriesuid": f"s{i // 2}",
+            "coordX": 0.0,
+            "coordY": 0.0,
+            "coordZ": 0.0,
+            "diameter_mm": 8.0,
+            "reader_scores": "4;4" if labels[i] else "1;2",
+            "mean_score": 4.0 if labels[i] else 1.5,
+            "label": int(labels[i]),
+            "fold": i % n_folds,
+            "scan_path": "synthetic",
+            "patch_index": i,
+        }
         for i in range(n)
     ]
     root.mkdir(parents=True, exist_ok=True)
@@ -52,11 +64,22 @@ def _params_file(tmp: Path, experiment: str, **search: object) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     data["prepare"]["n_folds"] = 4
     data["train"].update({"batch_size": 8, "num_threads": 1, "device": "cpu", "patience": 5})
-    data["search"].update({
-        "widths": [4, 8], "stem": [4, 4], "max_blocks": 4, "epochs": 1, "budget": 4, "patience": 50,
-        "batch_size": 1, "runner": "local", "latency_source": "flops", "fold": 1, "k_select": 3,
-        "experiment": experiment,
-    })
+    data["search"].update(
+        {
+            "widths": [4, 8],
+            "stem": [4, 4],
+            "max_blocks": 4,
+            "epochs": 1,
+            "budget": 4,
+            "patience": 50,
+            "batch_size": 1,
+            "runner": "local",
+            "latency_source": "flops",
+            "fold": 1,
+            "k_select": 3,
+            "experiment": experiment,
+        }
+    )
     data["search"].update(search)
     path = tmp / f"params-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -105,14 +128,28 @@ def test_killed_search_resumes_without_retraining(tmp_path: Path, store: Path, h
     sid = "resume-" + uuid.uuid4().hex[:6]
     out_a = tmp_path / "a"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "flows.search", "--params", str(pfile), "--search-id", sid,
-           "--artifacts", str(store), "--out-dir", str(out_a)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.search",
+        "--params",
+        str(pfile),
+        "--search-id",
+        sid,
+        "--artifacts",
+        str(store),
+        "--out-dir",
+        str(out_a),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while len(_children(experiment, sid)) < 2:
-            assert proc.poll() is None, f"search ended before it could be killed:\n{proc.stdout.read().decode()[-3000:]}"
+            assert proc.poll() is None, (
+                f"search ended before it could be killed:\n{proc.stdout.read().decode()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "search did not finish 2 candidates in time"
             time.sleep(0.2)
     finally:
@@ -175,11 +212,11 @@ def test_dask_runner_trains_candidates_in_parallel(tmp_path: Path, store: Path, 
     cands = [t for t in task_runs if t.name.startswith("candidate-") and t.state and t.state.is_completed()]
     assert len(cands) == params.search.budget
     spans = sorted((t.start_time, t.end_time) for t in cands)
-    overlaps = sum(1 for (s0, e0), (s1, _) in zip(spans, spans[1:]) if s1 < e0)
+    overlaps = sum(1 for (s0, e0), (s1, _) in itertools.pairwise(spans) if s1 < e0)
     assert overlaps >= 1, f"no two candidate task runs overlapped: {spans}"
     # and the training itself overlapped, per the timestamps logged in MLflow
     iv = sorted((r.data.metrics["train_started_at"], r.data.metrics["train_finished_at"]) for r in runs)
-    assert any(s1 < e0 for (_, e0), (s1, _) in zip(iv, iv[1:]))
+    assert any(s1 < e0 for (_, e0), (s1, _) in itertools.pairwise(iv))
 
 
 def test_default_search_id_hashes_data_content_not_path(tmp_path: Path, store: Path) -> None:
@@ -201,8 +238,17 @@ def test_default_search_id_hashes_data_content_not_path(tmp_path: Path, store: P
 
 
 TINY_DNAS = {
-    "stem": 4, "layers": [[4, 1], [8, 2], [8, 2]], "head_channels": 8, "kernels": [3], "expansions": [2],
-    "skip": True, "epochs": 2, "warmup_epochs": 1, "batch_size": 8, "derive_k": 2, "retrain_epochs": 1,
+    "stem": 4,
+    "layers": [[4, 1], [8, 2], [8, 2]],
+    "head_channels": 8,
+    "kernels": [3],
+    "expansions": [2],
+    "skip": True,
+    "epochs": 2,
+    "warmup_epochs": 1,
+    "batch_size": 8,
+    "derive_k": 2,
+    "retrain_epochs": 1,
 }
 
 
@@ -223,9 +269,19 @@ def test_dnas_strategy_flow_writes_search_outputs_and_mlflow_runs(tmp_path: Path
     pfile.write_text(yaml.safe_dump(data))
     params = load_params(pfile)
     pop_dir.mkdir()  # an earlier POP front (same latency unit) is drawn under the derived models
-    (pop_dir / "front.json").write_text(json.dumps([
-        {"spec": {"stem": [4, 4], "stages": [[4], [4], [4]], "cbam": False, "head": "linear"}, "spec_id": "m1-x",
-         "accuracy": 0.5, "latency": 1.0, "latency_unit": "Mmac_per_nodule"}]))
+    (pop_dir / "front.json").write_text(
+        json.dumps(
+            [
+                {
+                    "spec": {"stem": [4, 4], "stages": [[4], [4], [4]], "cbam": False, "head": "linear"},
+                    "spec_id": "m1-x",
+                    "accuracy": 0.5,
+                    "latency": 1.0,
+                    "latency_unit": "Mmac_per_nodule",
+                }
+            ]
+        )
+    )
 
     out = tmp_path / "out"
     summary = run_search(params, None, str(store), str(out), progress=False)

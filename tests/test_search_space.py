@@ -59,9 +59,9 @@ def test_depth_rule_eq5() -> None:
     assert (7, 1, 1) not in triples  # S = 9: ceil(9/2) = 5 < 7
     assert (1, 1, 7) not in triples
     assert (5, 2, 2) in triples and (6, 2, 1) not in triples  # floor(9/4) = 2 <= D <= 5
-    for l, m, n in triples:
-        s = l + m + n
-        assert all(s // 4 <= d <= math.ceil(s / 2) for d in (l, m, n))
+    for big_l, m, n in triples:
+        s = big_l + m + n
+        assert all(s // 4 <= d <= math.ceil(s / 2) for d in (big_l, m, n))
 
 
 def test_monotone_members_never_narrow() -> None:

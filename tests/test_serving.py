@@ -33,8 +33,10 @@ LIDC_NODULE = (56.21, 86.34, -115.87)
 SYNTH_UID = "1.2.826.0.1.3680043.8.498.99999999"
 SPEC = "[4, 4, [4, 4], [4, 8], [8, 8]]"
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None and not Path("/usr/bin/java").exists(),
-                                reason="TorchServe needs Java 17 (no java found)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("java") is None and not Path("/usr/bin/java").exists(),
+    reason="TorchServe needs Java 17 (no java found)",
+)
 
 
 # ------------------------------------------------------------------------------------ unit: payloads
@@ -98,8 +100,14 @@ def test_score_requests_explains_only_flagged_requests(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(maps, "explain", counting)
     ens = _tiny_ensemble(0)
-    bodies = [encode_payload(a), encode_payload(b), b"garbage", encode_payload(a), encode_payload(big),
-              encode_payload(big)]
+    bodies = [
+        encode_payload(a),
+        encode_payload(b),
+        b"garbage",
+        encode_payload(a),
+        encode_payload(big),
+        encode_payload(big),
+    ]
     plain = score_requests(ens, bodies, 1 << 20)
     assert seen == [] and all(MAP_KEYS.isdisjoint(r) for s, rs in plain if s == 200 for r in rs)
     predicted: list[int] = []
@@ -113,8 +121,9 @@ def test_score_requests_explains_only_flagged_requests(monkeypatch: pytest.Monke
     for k in (1, 3, 5):  # unflagged: the plain answer (batch composition may move the last float bits)
         assert [set(r) for r in mixed[k][1]] == [set(r) for r in plain[k][1]]
         assert [r["label"] for r in mixed[k][1]] == [r["label"] for r in plain[k][1]]
-        assert [r["probability"] for r in mixed[k][1]] == pytest.approx([r["probability"] for r in plain[k][1]],
-                                                                         abs=1e-6)
+        assert [r["probability"] for r in mixed[k][1]] == pytest.approx(
+            [r["probability"] for r in plain[k][1]], abs=1e-6
+        )
     for got, want in zip(mixed[0][1], plain[0][1]):
         assert set(got) == set(want) | MAP_KEYS
         assert (got["label"], got["votes"]) == (want["label"], want["votes"])
@@ -185,11 +194,26 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
     base = load_params(REPO / "params.yaml")
     ports = _free_ports(3)
     params = base.replace(
-        paths=replace(base.paths, artifacts=str(tmp / "artifacts"), mlflow_artifacts=str(tmp / "mlartifacts"),
-                      mlflow_uri=f"sqlite:///{tmp / 'mlflow.db'}"),
-        serve=replace(base.serve, inference_port=ports[0], management_port=ports[1], metrics_port=ports[2],
-                      batch_size=4, max_batch_delay_ms=20, workers=1, torch_threads=1, max_payload_mb=1.0,
-                      request_patches=3, concurrency=2, device="cpu"),
+        paths=replace(
+            base.paths,
+            artifacts=str(tmp / "artifacts"),
+            mlflow_artifacts=str(tmp / "mlartifacts"),
+            mlflow_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        ),
+        serve=replace(
+            base.serve,
+            inference_port=ports[0],
+            management_port=ports[1],
+            metrics_port=ports[2],
+            batch_size=4,
+            max_batch_delay_ms=20,
+            workers=1,
+            torch_threads=1,
+            max_payload_mb=1.0,
+            request_patches=3,
+            concurrency=2,
+            device="cpu",
+        ),
         ensemble=replace(base.ensemble, experiment="serving-test"),
     )
     # The registry follows MLFLOW_TRACKING_URI when set (conftest sets a session store): use it.
@@ -200,8 +224,11 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
         _tiny_ensemble(seed).save(ens_dir)
         with mlflow.start_run(run_name=f"serving-test-v{version}"):
             info = mlflow.pyfunc.log_model(
-                name="ensemble", python_model=registry.EnsemblePyfunc(), artifacts={"ensemble": str(ens_dir)},
-                signature=registry.signature(["m0", "m1", "m2"]), registered_model_name=name,
+                name="ensemble",
+                python_model=registry.EnsemblePyfunc(),
+                artifacts={"ensemble": str(ens_dir)},
+                signature=registry.signature(["m0", "m1", "m2"]),
+                registered_model_name=name,
                 pip_requirements=["naslung"],
             )
         registered = str(info.registered_model_version)
@@ -222,8 +249,16 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
         mar = S.package_from_registry(params, alias="champion", version=None)
         server = S.start_server(params)
         try:
-            yield {"params": params, "server": server, "scans": scans, "tmp": tmp, "mar": mar,
-                   "champion": champion, "challenger": challenger, "S": S}
+            yield {
+                "params": params,
+                "server": server,
+                "scans": scans,
+                "tmp": tmp,
+                "mar": mar,
+                "champion": champion,
+                "challenger": challenger,
+                "S": S,
+            }
         finally:
             S.stop_server()
 
@@ -248,7 +283,8 @@ def test_package_records_champion_and_challenger_needs_explicit_choice(env) -> N
     S = env["S"]
     other = S.package_from_registry(
         env["params"].replace(paths=replace(env["params"].paths, artifacts=str(env["tmp"] / "other"))),
-        alias=None, version=env["challenger"],
+        alias=None,
+        version=env["challenger"],
     )
     assert json.loads(other.with_suffix(".json").read_text())["version"] == env["challenger"]
     from naslung import registry
@@ -328,7 +364,7 @@ def test_explanations_endpoint_returns_maps_only_when_asked(client) -> None:
         assert len(ans) == len(chunk)
         for r in ans:
             if kind == "explain":
-                assert MAP_KEYS <= set(r) and decode_map(r["cam"]).shape == (32, 32, 32)
+                assert set(r) >= MAP_KEYS and decode_map(r["cam"]).shape == (32, 32, 32)
             else:
                 assert MAP_KEYS.isdisjoint(r)
     # ... and the same probabilities as alone.
@@ -351,8 +387,14 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
 
     params, tmp = env["params"], env["tmp"]
     good = [
-        {"nodule_id": "lidc-1", "seriesuid": LIDC_UID, "coordX": LIDC_NODULE[0], "coordY": LIDC_NODULE[1],
-         "coordZ": LIDC_NODULE[2], "site": "A"},
+        {
+            "nodule_id": "lidc-1",
+            "seriesuid": LIDC_UID,
+            "coordX": LIDC_NODULE[0],
+            "coordY": LIDC_NODULE[1],
+            "coordZ": LIDC_NODULE[2],
+            "site": "A",
+        },
         {"nodule_id": "s-1", "seriesuid": SYNTH_UID, "coordX": -6.0, "coordY": -6.0, "coordZ": 0.0, "site": "B"},
         {"nodule_id": "s-2", "seriesuid": SYNTH_UID, "coordX": 16.5, "coordY": 9.0, "coordZ": -8.0, "site": "B"},
         {"nodule_id": "s-3", "seriesuid": SYNTH_UID, "coordX": 0.0, "coordY": 0.0, "coordZ": 0.0, "site": "B"},
@@ -364,8 +406,14 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
         {"nodule_id": "outside", "seriesuid": SYNTH_UID, "coordX": 500.0, "coordY": 0.0, "coordZ": 0.0, "site": "C"},
         {"nodule_id": "dup", "seriesuid": SYNTH_UID, "coordX": 1.0, "coordY": 1.0, "coordZ": 1.0, "site": "C"},
         {"nodule_id": "dup", "seriesuid": SYNTH_UID, "coordX": 2.0, "coordY": 2.0, "coordZ": 2.0, "site": "C"},
-        {"nodule_id": "escape", "seriesuid": f"../scans/{SYNTH_UID}", "coordX": 1.0, "coordY": 1.0, "coordZ": 0.0,
-         "site": "C"},
+        {
+            "nodule_id": "escape",
+            "seriesuid": f"../scans/{SYNTH_UID}",
+            "coordX": 1.0,
+            "coordY": 1.0,
+            "coordZ": 0.0,
+            "site": "C",
+        },
     ]
     rows = [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3], bad[4], bad[5], bad[6], good[3]]
     csv = _write_csv(tmp / "nodules.csv", rows, bom=True)
@@ -374,8 +422,20 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
 
     # Every input row once, in order, input columns first and untouched.
-    assert list(res.columns) == ["nodule_id", "seriesuid", "coordX", "coordY", "coordZ", "site",
-                                 "probability", "label", "votes", "model_version", "status", "error"]
+    assert list(res.columns) == [
+        "nodule_id",
+        "seriesuid",
+        "coordX",
+        "coordY",
+        "coordZ",
+        "site",
+        "probability",
+        "label",
+        "votes",
+        "model_version",
+        "status",
+        "error",
+    ]
     assert list(res["nodule_id"]) == [r["nodule_id"] for r in rows]
     assert summary.n_rows == 11 and summary.n_ok == 4 and summary.n_error == 7
     by_id = res.groupby("nodule_id")
@@ -447,9 +507,24 @@ def test_cli_score_runs_against_the_server(env) -> None:
     csv = _write_csv(tmp / "cli.csv", [{"seriesuid": SYNTH_UID, "coordX": 0.0, "coordY": 1.0, "coordZ": 2.0}])
     out = tmp / "cli_out.csv"
     proc = subprocess.run(
-        [sys.executable, "-c", "from naslung.cli import main; import sys; sys.exit(main())", "--params", str(pfile),
-         "score", str(csv), "--scans", str(env["scans"]), "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from naslung.cli import main; import sys; sys.exit(main())",
+            "--params",
+            str(pfile),
+            "score",
+            str(csv),
+            "--scans",
+            str(env["scans"]),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 ok, 0 error" in proc.stdout
@@ -473,9 +548,25 @@ def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
     csv = _write_csv(tmp / "explain.csv", rows)
     out = tmp / "explain_out.csv"
     proc = subprocess.run(
-        [sys.executable, "-c", "from naslung.cli import main; import sys; sys.exit(main())", "--params", str(pfile),
-         "score", str(csv), "--scans", str(env["scans"]), "--out", str(out), "--no-progress", "--explain"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-c",
+            "from naslung.cli import main; import sys; sys.exit(main())",
+            "--params",
+            str(pfile),
+            "score",
+            str(csv),
+            "--scans",
+            str(env["scans"]),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--explain",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 ok, 1 error" in proc.stdout
@@ -502,8 +593,17 @@ def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
         return answers
 
     lossy = tmp / "explain_lossy.csv"
-    s = score_csv(csv, env["scans"], lossy, client, params.prepare, params.serve, progress=False, explain=True,
-                  explain_predict=drop_second_cam)
+    s = score_csv(
+        csv,
+        env["scans"],
+        lossy,
+        client,
+        params.prepare,
+        params.serve,
+        progress=False,
+        explain=True,
+        explain_predict=drop_second_cam,
+    )
     got = pd.read_csv(lossy, dtype=str, keep_default_na=False)
     assert s.n_rows == 3 and s.n_ok == 1 and s.n_error == 2
     assert list(got["status"]) == ["ok", "error", "error"]
@@ -532,7 +632,8 @@ def test_score_folder_moves_inputs_and_writes_outbox(env) -> None:
     assert not list(inbox.glob("*.csv"))
     # with explain, the overlays land beside the results in the outbox and the CSV names them
     _write_csv(inbox / "c.csv", [{"seriesuid": SYNTH_UID, "coordX": 3.0, "coordY": 1.0, "coordZ": 2.0}])
-    assert [o["ok"] for o in process_inbox(str(pfile), inbox, outbox, env["scans"], runner=score_file, explain=True)] == [1]
+    assert [
+        o["ok"] for o in process_inbox(str(pfile), inbox, outbox, env["scans"], runner=score_file, explain=True)
+    ] == [1]
     res = pd.read_csv(outbox / "c.results.csv")
     assert res.loc[0, "status"] == "ok" and (outbox / res.loc[0, "explain_png"]).read_bytes()[:4] == b"\x89PNG"
-

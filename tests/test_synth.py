@@ -45,8 +45,10 @@ def default_table() -> pd.DataFrame:
 def test_diameter_baseline_on_real_deeplung_labels(shared_data: Path) -> None:
     table = pd.read_csv(shared_data / "DeepLung" / "annotationdetclsconvfnl_v3.csv")
     result = diameter_baseline(table["diameter_mm"], table["malignant"])
-    print(f"real DeepLung labelled LIDC: diameter-only accuracy {result['accuracy']:.4f} "
-          f"at {result['threshold_mm']:.2f} mm, n={result['n']}")
+    print(
+        f"real DeepLung labelled LIDC: diameter-only accuracy {result['accuracy']:.4f} "
+        f"at {result['threshold_mm']:.2f} mm, n={result['n']}"
+    )
     assert result["n"] == 1004
     assert result["accuracy"] == pytest.approx(0.8327, abs=5e-4)  # the 83.3 %
     rule = (table["diameter_mm"] > result["threshold_mm"]).astype(int)
@@ -71,8 +73,10 @@ def test_default_set_is_as_hard_as_real_lidc(default_table: pd.DataFrame) -> Non
     params = load_params(REPO_ROOT / "params.yaml").synth
     summary = summarize(default_table, params)
     acc = summary["diameter_baseline"]["accuracy"]
-    print(f"default synthetic set: {summary['n_nodules']} nodules, {summary['n_malignant']} malignant, "
-          f"{summary['n_benign']} benign, {summary['n_excluded']} excluded; diameter-only accuracy {acc:.4f}")
+    print(
+        f"default synthetic set: {summary['n_nodules']} nodules, {summary['n_malignant']} malignant, "
+        f"{summary['n_benign']} benign, {summary['n_excluded']} excluded; diameter-only accuracy {acc:.4f}"
+    )
     assert 0.80 <= acc <= 0.87
     assert 250 <= summary["n_labelled"] <= 400
     assert summary["n_excluded"] > 0  # indeterminate nodules exist and are counted
@@ -136,7 +140,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(small_set: Path,
     other = tmp_path / "other"
     synthesize(other, dataclasses.replace(SMALL, seed=8), progress=False)
     c = _files(other)
-    assert not set(k for k in a if k.endswith(".raw")) & set(k for k in c if k.endswith(".raw"))
+    assert not {k for k in a if k.endswith(".raw")} & {k for k in c if k.endswith(".raw")}
     raws_a = sorted(v for k, v in a.items() if k.endswith(".raw"))
     assert raws_a != sorted(v for k, v in c.items() if k.endswith(".raw"))
 

@@ -23,7 +23,7 @@ import pytest
 from naslung.params import LatencyParams, Params, TrainParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import MODEL1, open_store, write_tiny_store  # noqa: E402
+from test_train import MODEL1, open_store, write_tiny_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def _params(tmp: Path) -> Params:
 def _git_head() -> str | None:
     if shutil.which("git") is None:
         return None
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
@@ -62,8 +62,18 @@ def _train_and_check(tmp: Path) -> None:
     assert p["spec_id"] == spec.spec_id and p["fold"] == "1" and p["loss"] == "asoftmax" and p["cbam"] == "True"
     assert p["val_fold"] == str(out.split.val_fold) and "1" not in p["train_folds"].strip("[]").split(", ")
     m = run.data.metrics
-    for key in ("test_accuracy", "test_sensitivity", "test_specificity", "test_f1", "test_tp", "n_params",
-                "flops", "latency_ms_b1", "latency_ms_b4", "best_epoch"):
+    for key in (
+        "test_accuracy",
+        "test_sensitivity",
+        "test_specificity",
+        "test_f1",
+        "test_tp",
+        "n_params",
+        "flops",
+        "latency_ms_b1",
+        "latency_ms_b4",
+        "best_epoch",
+    ):
         assert key in m, key
     assert m["n_params"] == out.n_params > 0 and m["flops"] == out.flops > 0
     assert m["test_f1"] == pytest.approx(out.test.metrics["f1"])
@@ -138,10 +148,24 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     env.pop("MLFLOW_TRACKING_URI", None)
     exe = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "wb"), start_new_session=True,
+        [
+            str(exe),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - the server outlives this call
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -65,13 +66,13 @@ def write_tiny_store(root: Path, per_fold: int = 6, n_folds: int = 10, seed: int
     return root
 
 
-def open_store(root: Path):  # noqa: ANN201
+def open_store(root: Path):
     from naslung.data.store import PatchStore
 
     return PatchStore.open(root)
 
 
-def model1(head: str = "asoftmax", cbam: bool = True):  # noqa: ANN201
+def model1(head: str = "asoftmax", cbam: bool = True):
     from naslung.train.run import resolve_spec
 
     return resolve_spec(MODEL1, head=head, cbam=cbam)
@@ -107,7 +108,7 @@ def test_test_fold_cannot_reach_selection_and_is_touched_once(tmp_path: Path) ->
     spec = model1()
     # the held-out object cannot be unpacked or passed for fitting/selection
     with pytest.raises(ProtocolError):
-        X, y = test
+        _X, _y = test
     with pytest.raises(ProtocolError):
         fit(spec, dev.train, test, ModelParams(), FAST_TRAIN)  # type: ignore[arg-type]
     # re-reading the test fold from the store and passing it as validation data is refused too
@@ -126,11 +127,10 @@ def test_test_fold_cannot_reach_selection_and_is_touched_once(tmp_path: Path) ->
     check_not_sealed(X_test, "training")
 
 
-
 def test_a_failed_fit_inside_with_test_lifts_the_seal(tmp_path: Path) -> None:
     store = open_store(write_tiny_store(tmp_path / "store"))
     split = make_split(10, 1, seed=0)
-    dev, test = open_split(store, split)
+    _dev, test = open_split(store, split)
     X_test, _, _ = store.arrays([split.test_fold])
     with pytest.raises(ProtocolError):
         check_not_sealed(X_test, "training")
@@ -138,6 +138,7 @@ def test_a_failed_fit_inside_with_test_lifts_the_seal(tmp_path: Path) -> None:
         raise RuntimeError("fit failed")
     assert not test.evaluated
     check_not_sealed(X_test, "training")  # no longer sealed, although the object is still alive
+
 
 # --- augmentation ------------------------------------------------------------------------------------
 
@@ -170,7 +171,10 @@ def test_axis_permutation_draws_cube_symmetries_and_keeps_crops_and_flips() -> N
     x = torch.rand(24, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
     out = augment_batch(x, torch.Generator().manual_seed(2), pad=0, flips=True, permute_axes=True)
     symmetries = [
-        (perm, dims) for perm in itertools.permutations((2, 3, 4)) for r in range(4) for dims in itertools.combinations((2, 3, 4), r)
+        (perm, dims)
+        for perm in itertools.permutations((2, 3, 4))
+        for r in range(4)
+        for dims in itertools.combinations((2, 3, 4), r)
     ]
     seen_orders = set()
     for i in range(24):
@@ -251,7 +255,7 @@ def test_fit_selects_best_on_validation_stops_early_and_anneals_lambda() -> None
     assert res.best_epoch == 1 + keys.index(max(keys))  # first epoch reaching the best key
     assert len(res.history) == 8 or len(res.history) == res.best_epoch + 2  # stopped exactly `patience` later
     lams = [h["lambda"] for h in res.history]  # A-Softmax: lambda decays per iteration, never below its floor
-    assert all(x >= y for x, y in zip(lams, lams[1:])) and lams[0] < ModelParams().lambda_base
+    assert all(x >= y for x, y in itertools.pairwise(lams)) and lams[0] < ModelParams().lambda_base
     assert min(lams) >= ModelParams().lambda_min
 
 
@@ -300,7 +304,9 @@ def test_cli_registers_training_commands() -> None:
     from naslung.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["train", "--spec", MODEL1, "--fold", "1", "--head", "linear", "--no-cbam", "--epochs", "2"])
+    args = parser.parse_args(
+        ["train", "--spec", MODEL1, "--fold", "1", "--head", "linear", "--no-cbam", "--epochs", "2"]
+    )
     assert (args.fold, args.head, args.cbam, args.epochs) == (1, "linear", False, 2)
     args = parser.parse_args(["cv", "--folds", "1", "2"])
     assert args.folds == [1, 2]
@@ -319,7 +325,9 @@ def test_cli_registers_training_commands() -> None:
     assert parser.parse_args(["features", "--fold", "3"]).fold == 3
 
 
-def test_cli_cv_prints_each_fold_and_the_fold_wise_diameter_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_cv_prints_each_fold_and_the_fold_wise_diameter_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     import yaml
@@ -334,8 +342,24 @@ def test_cli_cv_prints_each_fold_and_the_fold_wise_diameter_baseline(tmp_path: P
     data["train"].update(batch_size=8, num_threads=1)
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(data))
-    argv = ["--params", str(pfile), "cv", "--folds", "1", "2", "--epochs", "1", "--no-log", "--lr", "0.003",
-            "--lr-schedule", "cosine", "--permute-axes", "--device", "cpu"]
+    argv = [
+        "--params",
+        str(pfile),
+        "cv",
+        "--folds",
+        "1",
+        "2",
+        "--epochs",
+        "1",
+        "--no-log",
+        "--lr",
+        "0.003",
+        "--lr-schedule",
+        "cosine",
+        "--permute-axes",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fold 1: test accuracy" in out and "fold 2: test accuracy" in out

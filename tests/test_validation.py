@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from naslung.params import Params
 from naslung.validation import check_annotations, check_manifest, check_patches, format_failures, validate
@@ -72,7 +71,8 @@ def test_annotations_suite_names_bad_rows(tmp_path: Path) -> None:
     good = [[uid, 1.0, 2.0, 3.0, 6.5, False, "[2, 1]"], [uid, 10.0, 2.0, 3.0, 14.0, True, "[4, 5, 4]"]]
     assert check_annotations(_annotations(tmp_path, good), P).success
 
-    bad = good + [
+    bad = [
+        *good,
         [uid, "abc", 2.0, 3.0, 6.0, False, "[2]"],  # row 2: text coordinate
         [uid, 20.0, 2.0, 3.0, 99.0, True, "[4]"],  # row 3: diameter out of range
         [uid, 30.0, 2.0, 3.0, 6.0, True, "[7, 4]"],  # row 4: score 7

@@ -72,7 +72,10 @@ def check_nodule_csv(path: Path) -> NoduleCsvCheck:
     missing = missing_columns(raw, REQUIRED_COLUMNS)
     if missing:
         return NoduleCsvCheck(
-            path, raw, np.full((n, 3), np.nan), {},
+            path,
+            raw,
+            np.full((n, 3), np.nan),
+            {},
             f"{path}: missing required column(s) {missing}; found {list(raw.columns)}",
         )
     checked = pd.DataFrame({"seriesuid": raw["seriesuid"].str.strip().replace("", None)})

@@ -33,8 +33,18 @@ def _prepare(args: argparse.Namespace) -> int:
         params.prepare,
         progress=not args.no_progress,
     )
-    brief = {k: summary[k] for k in ("n_rows", "n_nodules", "n_malignant", "n_benign", "n_rejected",
-                                     "rejected_by_reason", "diameter_baseline")}
+    brief = {
+        k: summary[k]
+        for k in (
+            "n_rows",
+            "n_nodules",
+            "n_malignant",
+            "n_benign",
+            "n_rejected",
+            "rejected_by_reason",
+            "diameter_baseline",
+        )
+    }
     print(json.dumps(brief, indent=2))
     return 0
 
@@ -73,12 +83,16 @@ def _synth(args: argparse.Namespace) -> int:
     from naslung.params import load_params
 
     params = load_params(args.params)
-    changes = {k: v for k, v in {"n_scans": args.n_scans, "seed": args.seed, "workers": args.workers}.items()
-               if v is not None}
+    changes = {
+        k: v for k, v in {"n_scans": args.n_scans, "seed": args.seed, "workers": args.workers}.items() if v is not None
+    }
     synth_params = dataclasses.replace(params.synth, **changes)
-    summary = synthesize(args.out or params.paths.raw, synth_params, render=not args.tables_only,
-                         progress=not args.no_progress)
-    brief = {k: summary[k] for k in ("n_scans", "n_nodules", "n_malignant", "n_benign", "n_excluded",
-                                     "diameter_baseline", "raw_bytes")}
+    summary = synthesize(
+        args.out or params.paths.raw, synth_params, render=not args.tables_only, progress=not args.no_progress
+    )
+    brief = {
+        k: summary[k]
+        for k in ("n_scans", "n_nodules", "n_malignant", "n_benign", "n_excluded", "diameter_baseline", "raw_bytes")
+    }
     print(json.dumps(brief, indent=2))
     return 0

@@ -11,51 +11,79 @@ import sys
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    ens = sub.add_parser("ensemble", help="ensemble steps (train the selected members)",
-                         description="Ensemble steps. `naslung ensemble train` trains every selected member.")
+    ens = sub.add_parser(
+        "ensemble",
+        help="ensemble steps (train the selected members)",
+        description="Ensemble steps. `naslung ensemble train` trains every selected member.",
+    )
     ens_sub = ens.add_subparsers(dest="ensemble_command", metavar="STEP")
     ens_sub.required = True
     tr = ens_sub.add_parser(
-        "train", help="train the selected members for every test fold (cached; re-runs skip finished members)",
+        "train",
+        help="train the selected members for every test fold (cached; re-runs skip finished members)",
         description="Train each member spec (ensemble.specs or ensemble.members, i.e. the search's "
-                    "selected.json) once per test fold in ensemble.folds with the honest protocol; save the "
-                    "deploy-fold ensemble to <ensemble.out_dir>/model and the index training.json.",
+        "selected.json) once per test fold in ensemble.folds with the honest protocol; save the "
+        "deploy-fold ensemble to <ensemble.out_dir>/model and the index training.json.",
     )
-    tr.add_argument("--members", nargs="+", metavar="JSON",
-                    help="selection file(s), JSON lists of member specs, e.g. search/selected.json "
-                         "search/dnas/selected.json (default: params ensemble.members)")
+    tr.add_argument(
+        "--members",
+        nargs="+",
+        metavar="JSON",
+        help="selection file(s), JSON lists of member specs, e.g. search/selected.json "
+        "search/dnas/selected.json (default: params ensemble.members)",
+    )
     tr.add_argument("--no-log", action="store_true", help="do not log member training runs to MLflow")
     tr.set_defaults(func=_train)
 
-    ev = sub.add_parser("evaluate", help="ensemble evaluation: per-fold / mean±std metrics, size curve, plots",
-                        description="Evaluate members and the ensemble over ensemble.folds; writes "
-                                    "<paths.artifacts>/metrics.json and plots/ensemble_*.png.")
+    ev = sub.add_parser(
+        "evaluate",
+        help="ensemble evaluation: per-fold / mean±std metrics, size curve, plots",
+        description="Evaluate members and the ensemble over ensemble.folds; writes "
+        "<paths.artifacts>/metrics.json and plots/ensemble_*.png.",
+    )
     ev.set_defaults(func=_evaluate)
 
-    rg = sub.add_parser("register", help="register the ensemble in the MLflow Model Registry (alias challenger)",
-                        description="Log the ensemble as a pyfunc model with metrics, lineage tags and a model "
-                                    "card; register it under registry.name with the alias 'challenger'.")
+    rg = sub.add_parser(
+        "register",
+        help="register the ensemble in the MLflow Model Registry (alias challenger)",
+        description="Log the ensemble as a pyfunc model with metrics, lineage tags and a model "
+        "card; register it under registry.name with the alias 'challenger'.",
+    )
     rg.add_argument("--search-run-id", help="MLflow run id of the search (default: from search/summary.json)")
-    rg.add_argument("--promote", action="store_true",
-                    help="run the promotion gate right after registering (a refusal is recorded, exit 0)")
-    rg.add_argument("--out", help="write the version and the gate decision here as JSON "
-                                  "(default: <paths.artifacts>/registration.json)")
+    rg.add_argument(
+        "--promote",
+        action="store_true",
+        help="run the promotion gate right after registering (a refusal is recorded, exit 0)",
+    )
+    rg.add_argument(
+        "--out",
+        help="write the version and the gate decision here as JSON (default: <paths.artifacts>/registration.json)",
+    )
     rg.set_defaults(func=_register)
 
-    pr = sub.add_parser("promote", help="promotion gate: challenger -> champion when validation passed and F1 holds",
-                        description="Promote the challenger (or --version) to champion when its data validation "
-                                    "passed and its mean F1 >= champion mean F1 - registry.f1_tolerance. Exit 1 "
-                                    "when refused.")
+    pr = sub.add_parser(
+        "promote",
+        help="promotion gate: challenger -> champion when validation passed and F1 holds",
+        description="Promote the challenger (or --version) to champion when its data validation "
+        "passed and its mean F1 >= champion mean F1 - registry.f1_tolerance. Exit 1 "
+        "when refused.",
+    )
     pr.add_argument("--version", help="model version to gate (default: the 'challenger' alias)")
     pr.set_defaults(func=_promote)
 
-    rb = sub.add_parser("rollback", help="make the 'previous' version champion again",
-                        description="Swap the aliases champion and previous of registry.name.")
+    rb = sub.add_parser(
+        "rollback",
+        help="make the 'previous' version champion again",
+        description="Swap the aliases champion and previous of registry.name.",
+    )
     rb.set_defaults(func=_rollback)
 
-    ui = sub.add_parser("mlflow-ui", help="start the MLflow UI on 127.0.0.1 over the embedded store",
-                        description="Start `mlflow server` (1 worker) bound to loopback over the tracking URI "
-                                    "(MLFLOW_TRACKING_URI or paths.mlflow_uri).")
+    ui = sub.add_parser(
+        "mlflow-ui",
+        help="start the MLflow UI on 127.0.0.1 over the embedded store",
+        description="Start `mlflow server` (1 worker) bound to loopback over the tracking URI "
+        "(MLFLOW_TRACKING_URI or paths.mlflow_uri).",
+    )
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=_mlflow_ui)
 
@@ -85,15 +113,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from naslung import registry
     from naslung.params import load_params
 
-    from pathlib import Path
-
     params = load_params(args.params)
     reg = registry.register(params, search_id=args.search_run_id)
-    record: dict[str, object] = {"name": reg.name, "version": reg.version, "run_id": reg.run_id,
-                                 "model_uri": reg.model_uri}
+    record: dict[str, object] = {
+        "name": reg.name,
+        "version": reg.version,
+        "run_id": reg.run_id,
+        "model_uri": reg.model_uri,
+    }
     if args.promote:
         # The gate's refusal is a normal outcome of a pipeline run (the champion stays), not a failure.
         record["gate"] = registry.promote(params, reg.version).as_dict()
@@ -128,12 +160,26 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     uri = params.mlflow_uri
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(params.paths.mlflow_artifacts).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
-           artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts.as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)")
     try:
         return subprocess.call(cmd, env=env)

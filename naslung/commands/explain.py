@@ -8,11 +8,15 @@ from typing import Any
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    ex = sub.add_parser("explain", help="explainability figures (CAM, CBAM attention)",
-                        description="Explainability figures of a trained model.")
+    ex = sub.add_parser(
+        "explain",
+        help="explainability figures (CAM, CBAM attention)",
+        description="Explainability figures of a trained model.",
+    )
     exsub = ex.add_subparsers(dest="explain_cmd", required=True)
     panel = exsub.add_parser(
-        "panel", help="Fig. 5-style panel + attention-mass figure on a test fold",
+        "panel",
+        help="Fig. 5-style panel + attention-mass figure on a test fold",
         description=(
             "Trains SPEC on the training folds of the split (or loads the model of an MLflow run), scores the "
             "held-out test fold once, and writes panel_cam.png, panel_attention.png (CBAM models), mass.png "
@@ -31,7 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     panel.set_defaults(func=run_panel)
 
     dn = sub.add_parser(
-        "dnas", help="differentiable architecture search (Gumbel-softmax supernet of 3D MBConv blocks)",
+        "dnas",
+        help="differentiable architecture search (Gumbel-softmax supernet of 3D MBConv blocks)",
         description=(
             "Searches the MBConv supernet with straight-through Gumbel-softmax sampling (weights on the "
             "training folds, α on a held-out part of them), derives the dnas.derive_k most probable "
@@ -43,7 +48,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         ),
     )
     dn.add_argument("--epochs", type=int, help="supernet epochs (default: dnas.epochs)")
-    dn.add_argument("--retrain-epochs", type=int, help="retraining epochs per derived model (default: dnas.retrain_epochs)")
+    dn.add_argument(
+        "--retrain-epochs", type=int, help="retraining epochs per derived model (default: dnas.retrain_epochs)"
+    )
     dn.add_argument("--derive-k", type=int, help="derived architectures to retrain (default: dnas.derive_k)")
     dn.add_argument("--artifacts", help="patch store folder (default: paths.artifacts)")
     dn.add_argument("--out-dir", help="output folder (default: dnas.out_dir)")
@@ -84,12 +91,22 @@ def run_panel(args: argparse.Namespace) -> int:
         dev, test = open_split(store, make_split(params.prepare.n_folds, fold, params.seed))
         spec = ArchSpec.parse(args.spec, cbam=params.model.cbam, head=params.model.head)
         try:  # the test fold stays sealed while fitting; explain_test_fold scores it once afterwards
-            model = fit(spec, dev.train, dev.val, params.model, params.train, epochs=args.epochs, seed=params.seed,
-                        device=resolve_device(params.train.device), progress=True).model
+            model = fit(
+                spec,
+                dev.train,
+                dev.val,
+                params.model,
+                params.train,
+                epochs=args.epochs,
+                seed=params.seed,
+                device=resolve_device(params.train.device),
+                progress=True,
+            ).model
         finally:
             test.release()
-    summary = explain_test_fold(model.cpu().eval(), store, params.prepare.n_folds, fold, params.seed,
-                                Path(args.out_dir), args.per_cell)
+    summary = explain_test_fold(
+        model.cpu().eval(), store, params.prepare.n_folds, fold, params.seed, Path(args.out_dir), args.per_cell
+    )
     print(json.dumps({k: summary[k] for k in ("CAM", "attention") if k in summary}, indent=1))
     return 0
 
@@ -105,16 +122,26 @@ def run_dnas(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     changes = {"epochs": args.epochs, "retrain_epochs": args.retrain_epochs, "derive_k": args.derive_k}
-    params = params.replace(dnas=dataclasses.replace(params.dnas, **{k: v for k, v in changes.items() if v is not None}))
+    params = params.replace(
+        dnas=dataclasses.replace(params.dnas, **{k: v for k, v in changes.items() if v is not None})
+    )
     artifacts = str(args.artifacts or params.paths.artifacts)
     search_id = args.search_id or default_search_id(params, artifacts, strategy="dnas")
     tracker = None
     if not args.no_mlflow:
         from naslung.search.dnas_tracking import MlflowDnasTracker, tracker_params
 
-        tracker = MlflowDnasTracker(params.mlflow_uri, params.dnas.experiment, search_id,
-                                    tracker_params(params, search_id))
-    result = run_dnas_search(params, artifacts, args.out_dir or params.dnas.out_dir, search_id, tracker=tracker,
-                             pop_front_path=args.pop_front, progress=True)
+        tracker = MlflowDnasTracker(
+            params.mlflow_uri, params.dnas.experiment, search_id, tracker_params(params, search_id)
+        )
+    result = run_dnas_search(
+        params,
+        artifacts,
+        args.out_dir or params.dnas.out_dir,
+        search_id,
+        tracker=tracker,
+        pop_front_path=args.pop_front,
+        progress=True,
+    )
     print(json.dumps(result.summary, indent=1, default=float))
     return 0

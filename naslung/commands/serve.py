@@ -70,13 +70,15 @@ def check_java(min_major: int = 17) -> str:
             f"TorchServe needs Java {min_major} (a JDK or JRE), and no 'java' was found on PATH. "
             "Install it, e.g. 'apt-get install openjdk-17-jre-headless', then retry."
         )
-    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
     major = int(match.group(1)) if match else 0
     if major == 1 and match and match.group(2):
         major = int(match.group(2))
     if major < min_major:
-        raise RuntimeError(f"TorchServe needs Java {min_major}+, found '{out.splitlines()[0] if out else java}' at {java}")
+        raise RuntimeError(
+            f"TorchServe needs Java {min_major}+, found '{out.splitlines()[0] if out else java}' at {java}"
+        )
     return java
 
 
@@ -96,9 +98,7 @@ def read_inference_key(key_file: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------- package
-def build_mar(
-    ensemble_dir: Path, info: dict[str, Any], model_store: Path, handler: Path = HANDLER
-) -> Path:
+def build_mar(ensemble_dir: Path, info: dict[str, Any], model_store: Path, handler: Path = HANDLER) -> Path:
     """Archive ``ensemble_dir`` + ``model_info.json`` + the handler into ``<model_store>/<name>.mar``.
 
     ``info`` must hold ``name`` and ``version``; it is also written beside the .mar as ``<name>.json``.
@@ -113,14 +113,19 @@ def build_mar(
         (stage / "model_info.json").write_text(encoding="utf-8", data=json.dumps(info, indent=2) + "\n")
         cmd = [
             _venv_bin("torch-model-archiver"),
-            "--model-name", name,
-            "--version", str(info["version"]),
-            "--handler", str(handler),
-            "--extra-files", str(stage),
-            "--export-path", str(model_store),
+            "--model-name",
+            name,
+            "--version",
+            str(info["version"]),
+            "--handler",
+            str(handler),
+            "--extra-files",
+            str(stage),
+            "--export-path",
+            str(model_store),
             "--force",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip()}")
     (model_store / f"{name}.json").write_text(encoding="utf-8", data=json.dumps(info, indent=2) + "\n")
@@ -207,8 +212,10 @@ def render_config(params: Any, sdir: Path, info: dict[str, Any], template: Path 
     """Write ``<sdir>/config.properties`` from the template and the ``serve:`` params."""
     s = params.serve
     if s.host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"serve.host must be a loopback address (127.0.0.1), got {s.host!r}: NASLung does not "
-                         "expose TorchServe beyond this machine; put an authenticating proxy in front instead")
+        raise ValueError(
+            f"serve.host must be a loopback address (127.0.0.1), got {s.host!r}: NASLung does not "
+            "expose TorchServe beyond this machine; put an authenticating proxy in front instead"
+        )
     # Twice the handler's limit: a moderately oversize body reaches the handler and gets a 413 with a
     # message; a grossly oversize one is cut off by TorchServe itself (413, no body).
     max_request = int(2 * s.max_payload_mb * 1024 * 1024) + 65536
@@ -277,8 +284,10 @@ def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0
     check_java()
     pid = running_pid()
     if pid is not None:
-        raise RuntimeError(f"a TorchServe is already running on this machine (pid {pid}); "
-                           "stop it first ('naslung serve stop'): only one can run per machine")
+        raise RuntimeError(
+            f"a TorchServe is already running on this machine (pid {pid}); "
+            "stop it first ('naslung serve stop'): only one can run per machine"
+        )
     sdir = Path(sdir or serve_dir(params))
     name = model_name_of(params)
     info_file = sdir / "model-store" / f"{name}.json"
@@ -305,12 +314,20 @@ def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0
     )
     if params.serve.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [_venv_bin("torchserve"), "--start", "--ncs", "--ts-config", str(cfg.resolve()),
-           "--model-store", str((sdir / "model-store").resolve())]
+    cmd = [
+        _venv_bin("torchserve"),
+        "--start",
+        "--ncs",
+        "--ts-config",
+        str(cfg.resolve()),
+        "--model-store",
+        str((sdir / "model-store").resolve()),
+    ]
     # The JVM daemon inherits the launcher's stdout/stderr: send them to a file, never to a pipe we wait on.
     with open(sdir / "logs" / "torchserve_start.out", "ab") as out:
-        proc = subprocess.run(cmd, cwd=sdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, cwd=sdir, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"torchserve --start failed ({proc.returncode}); see {sdir / 'logs'}")
     server = _server_for(params, sdir, info)
@@ -332,7 +349,9 @@ def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0
 def stop_server(timeout_s: float = 30.0) -> bool:
     """``torchserve --stop`` and wait for the frontend to exit; False when none was running."""
     pid = running_pid()
-    subprocess.run([_venv_bin("torchserve"), "--stop"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [_venv_bin("torchserve"), "--stop"], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+    )
     if pid is None:
         return False
     deadline = time.monotonic() + timeout_s
@@ -352,8 +371,12 @@ def server_status(params: Any, sdir: Path | None = None) -> dict[str, Any]:
     info_file = sdir / "model-store" / f"{name}.json"
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.exists() else {"name": name, "version": "?"}
     server = _server_for(params, sdir, info)
-    status: dict[str, Any] = {"inference_url": server.inference_url, "key_file": str(server.key_file),
-                              "model": info["name"], "version": info["version"]}
+    status: dict[str, Any] = {
+        "inference_url": server.inference_url,
+        "key_file": str(server.key_file),
+        "model": info["name"],
+        "version": info["version"],
+    }
     try:
         code, text = _get(f"{server.inference_url}/ping", server.inference_key(), timeout=3)
         status["ping"] = json.loads(text).get("status") if code == 200 else f"HTTP {code}"
@@ -373,16 +396,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     ssub = serve.add_subparsers(dest="serve_command", metavar="ACTION")
     ssub.required = True
-    pkg = ssub.add_parser("package", help="build the .mar from the MLflow registry (champion by default)",
-                          description="Build <artifacts>/serve/model-store/<name>.mar. Non-champion "
-                          "versions only when named explicitly.")
+    pkg = ssub.add_parser(
+        "package",
+        help="build the .mar from the MLflow registry (champion by default)",
+        description="Build <artifacts>/serve/model-store/<name>.mar. Non-champion versions only when named explicitly.",
+    )
     which = pkg.add_mutually_exclusive_group()
     which.add_argument("--alias", help="registry alias to package (default: champion)")
     which.add_argument("--version", help="explicit registered version number")
     pkg.set_defaults(func=_package)
-    for action, func, text in (("start", _start, "start TorchServe (loopback, token auth) on the packaged model"),
-                               ("stop", _stop, "stop TorchServe"),
-                               ("status", _status, "ping TorchServe and report model readiness")):
+    for action, func, text in (
+        ("start", _start, "start TorchServe (loopback, token auth) on the packaged model"),
+        ("stop", _stop, "stop TorchServe"),
+        ("status", _status, "ping TorchServe and report model readiness"),
+    ):
         p = ssub.add_parser(action, help=text, description=text)
         p.set_defaults(func=func)
 
@@ -399,10 +426,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--scans", required=True, help="folder holding <seriesuid>.mhd scans (searched recursively)")
     score.add_argument("--out", required=True, help="results CSV (resumed when it exists)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
-    score.add_argument("--explain", action="store_true",
-                       help="also fetch class activation maps (POST /explanations/<model>) and write one PNG "
-                       "overlay per ok row into <out stem>_explain/ beside --out; the CSV gains explain_png "
-                       "(slower: one more pass over the members, plus rendering)")
+    score.add_argument(
+        "--explain",
+        action="store_true",
+        help="also fetch class activation maps (POST /explanations/<model>) and write one PNG "
+        "overlay per ok row into <out stem>_explain/ beside --out; the CSV gains explain_png "
+        "(slower: one more pass over the members, plus rendering)",
+    )
     score.set_defaults(func=_score)
 
 
@@ -453,10 +483,20 @@ def _score(args: argparse.Namespace) -> int:
     name = model_name_of(params)
     s = params.serve
     client = ServingClient(
-        f"http://{s.host}:{s.inference_port}", name, read_inference_key(sdir / "key_file.json"),
+        f"http://{s.host}:{s.inference_port}",
+        name,
+        read_inference_key(sdir / "key_file.json"),
         timeout_s=s.response_timeout_s,
     )
-    summary = score_csv(Path(args.csv), Path(args.scans), Path(args.out), client, params.prepare, s,
-                        progress=not args.no_progress, explain=bool(getattr(args, "explain", False)))
+    summary = score_csv(
+        Path(args.csv),
+        Path(args.scans),
+        Path(args.out),
+        client,
+        params.prepare,
+        s,
+        progress=not args.no_progress,
+        explain=bool(getattr(args, "explain", False)),
+    )
     print(summary.describe())
     return 0 if summary.file_error is None else 1

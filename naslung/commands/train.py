@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-SPEC_HELP = 'architecture spec, bare list "[4, 4, [4, 4], [4, 8], [8, 8]]" or reference form "spcbam[...]" (default: params model.spec)'
+SPEC_HELP = (
+    'architecture spec, bare list "[4, 4, [4, 4], [4, 8], [8, 8]]" or reference form "spcbam[...]" '
+    "(default: params model.spec)"
+)
 
 
 def _add_spec_args(p: argparse.ArgumentParser, head: bool = True) -> None:
@@ -24,11 +27,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (default: params train.epochs)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: params train.lr, the paper's 2e-4)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: params train.patience)")
-    p.add_argument("--lr-schedule", dest="lr_schedule", choices=("constant", "cosine"),
-                   help="constant, or cosine decay to 0 over the maximum epochs (default: params train.lr_schedule)")
+    p.add_argument(
+        "--lr-schedule",
+        dest="lr_schedule",
+        choices=("constant", "cosine"),
+        help="constant, or cosine decay to 0 over the maximum epochs (default: params train.lr_schedule)",
+    )
     perm = p.add_mutually_exclusive_group()
-    perm.add_argument("--permute-axes", dest="permute_axes", action="store_true", default=None,
-                      help="augment with random axis orders too (with flips: all 48 symmetries of the cube)")
+    perm.add_argument(
+        "--permute-axes",
+        dest="permute_axes",
+        action="store_true",
+        default=None,
+        help="augment with random axis orders too (with flips: all 48 symmetries of the cube)",
+    )
     perm.add_argument("--no-permute-axes", dest="permute_axes", action="store_false", help="flips only")
     p.add_argument("--device", help="cpu | cuda | auto (default: params train.device)")
     p.add_argument("--artifacts", help="patch store folder (default: params paths.artifacts)")
@@ -36,41 +48,56 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one spec on one test fold, evaluate that fold once, log to MLflow",
-                       description="Split -> fit (early stopping on a validation fold) -> test once -> MLflow run.")
+    p = sub.add_parser(
+        "train",
+        help="train one spec on one test fold, evaluate that fold once, log to MLflow",
+        description="Split -> fit (early stopping on a validation fold) -> test once -> MLflow run.",
+    )
     _add_spec_args(p)
     p.add_argument("--fold", type=int, required=True, help="test fold held out (0..n_folds-1)")
     p.add_argument("--seed", type=int, help="training seed (default: params seed)")
     _add_run_args(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("cv", help="train one spec for several test folds; fold-wise and mean ± std table",
-                       description="Runs `train` for each test fold; writes artifacts/cv_<spec_id>.json.")
+    p = sub.add_parser(
+        "cv",
+        help="train one spec for several test folds; fold-wise and mean ± std table",
+        description="Runs `train` for each test fold; writes artifacts/cv_<spec_id>.json.",
+    )
     _add_spec_args(p)
     p.add_argument("--folds", type=int, nargs="+", help="test folds (default: params train.test_folds)")
     _add_run_args(p)
     p.set_defaults(func=_cv)
 
-    p = sub.add_parser("evaluate-run", help="re-report a logged run's test metrics, or score a fold for reporting",
-                       description="Reads the run through MLflow; with --fold, loads its model and scores that fold "
-                       "(reporting only: the run's own test fold was already touched once).")
+    p = sub.add_parser(
+        "evaluate-run",
+        help="re-report a logged run's test metrics, or score a fold for reporting",
+        description="Reads the run through MLflow; with --fold, loads its model and scores that fold "
+        "(reporting only: the run's own test fold was already touched once).",
+    )
     p.add_argument("--run-id", required=True, help="MLflow run id of a training run")
     p.add_argument("--fold", type=int, help="score this fold of the patch store with the logged model")
     p.add_argument("--artifacts", help="patch store folder (default: params paths.artifacts)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("features", help="softmax vs A-Softmax: Davies-Bouldin index and t-SNE (paper Table 4)",
-                       description="Trains the spec with a linear head and with A-Softmax, computes S0, S1, M01 and "
-                       "DBI of the test-fold penultimate features; writes features_<id>_fold<k>.json/.md and a t-SNE PNG.")
+    p = sub.add_parser(
+        "features",
+        help="softmax vs A-Softmax: Davies-Bouldin index and t-SNE (paper Table 4)",
+        description="Trains the spec with a linear head and with A-Softmax, computes S0, S1, M01 and "
+        "DBI of the test-fold penultimate features; writes features_<id>_fold<k>.json/.md and a t-SNE PNG.",
+    )
     _add_spec_args(p, head=False)
     p.add_argument("--fold", type=int, required=True, help="test fold")
     p.add_argument("--out", help="output folder (default: the artifacts folder)")
     _add_run_args(p)
     p.set_defaults(func=_features)
 
-    p = sub.add_parser("latency", help="latency of a spec (ms per nodule) and its repeatability",
-                       description="Untrained weights (latency does not depend on them): median of params.latency.repeats "
-                       "warmed calls at each batch size, repeated params.latency.trials times.")
+    p = sub.add_parser(
+        "latency",
+        help="latency of a spec (ms per nodule) and its repeatability",
+        description="Untrained weights (latency does not depend on them): median of params.latency.repeats "
+        "warmed calls at each batch size, repeated params.latency.trials times.",
+    )
     _add_spec_args(p)
     p.add_argument("--device", help="cpu | cuda | auto (default: params train.device)")
     p.add_argument("--threads", type=int, help="torch threads (default: params train.num_threads)")
@@ -88,14 +115,20 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     params = load_params(args.params)
     overrides = {k: getattr(args, k, None) for k in ("lr", "patience", "lr_schedule", "permute_axes")}
     if any(v is not None for v in overrides.values()):  # logged with the run like any train.* param
-        params = params.replace(train=dataclasses.replace(params.train, **{k: v for k, v in overrides.items() if v is not None}))
+        params = params.replace(
+            train=dataclasses.replace(params.train, **{k: v for k, v in overrides.items() if v is not None})
+        )
     torch.set_num_threads(getattr(args, "threads", None) or params.train.num_threads)
     head, cbam = getattr(args, "head", None), getattr(args, "cbam", None)
     if getattr(args, "spec", None):
         from naslung.models.spec import ArchSpec
 
         bare = args.spec.strip().startswith("[")
-        base = ArchSpec.parse(args.spec, cbam=params.model.cbam, head=params.model.head) if bare else ArchSpec.parse(args.spec)
+        base = (
+            ArchSpec.parse(args.spec, cbam=params.model.cbam, head=params.model.head)
+            if bare
+            else ArchSpec.parse(args.spec)
+        )
         spec = resolve_spec(base, head=head, cbam=cbam)
     else:
         spec = default_spec(params, head=head, cbam=cbam)
@@ -106,14 +139,27 @@ def _train(args: argparse.Namespace) -> int:
     from naslung.train.run import run_training
 
     params, spec = _setup(args)
-    out = run_training(params, spec, args.fold, epochs=args.epochs, seed=args.seed, device=args.device,
-                       artifacts=args.artifacts, log=not args.no_log)
+    out = run_training(
+        params,
+        spec,
+        args.fold,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        artifacts=args.artifacts,
+        log=not args.no_log,
+    )
     s = out.summary()
-    print(f"spec {spec.ref_string()} ({spec.spec_id}), test fold {args.fold}, val fold {out.split.val_fold}, "
-          f"best epoch {s['best_epoch']}/{s['epochs_run']}")
+    print(
+        f"spec {spec.ref_string()} ({spec.spec_id}), test fold {args.fold}, val fold {out.split.val_fold}, "
+        f"best epoch {s['best_epoch']}/{s['epochs_run']}"
+    )
     print("test: " + ", ".join(f"{k}={v:.3f}" for k, v in s["test"].items()))
-    print("latency ms/nodule: " + ", ".join(f"b{b}={v:.3f}" for b, v in s["latency_ms_per_nodule"].items())
-          + f" ({out.latency[next(iter(out.latency))]['threads']} threads, {out.fit.device})")
+    print(
+        "latency ms/nodule: "
+        + ", ".join(f"b{b}={v:.3f}" for b, v in s["latency_ms_per_nodule"].items())
+        + f" ({out.latency[next(iter(out.latency))]['threads']} threads, {out.fit.device})"
+    )
     if out.run_id:
         print(f"mlflow run {out.run_id}")
     return 0
@@ -124,17 +170,23 @@ def _cv(args: argparse.Namespace) -> int:
 
     params, spec = _setup(args)
     folds = args.folds or list(params.train.test_folds)
-    summary = run_cv(params, spec, folds, epochs=args.epochs, device=args.device, artifacts=args.artifacts,
-                     log=not args.no_log)
+    summary = run_cv(
+        params, spec, folds, epochs=args.epochs, device=args.device, artifacts=args.artifacts, log=not args.no_log
+    )
     print(f"spec {spec.ref_string()} ({spec.spec_id}) — test metrics per fold (threshold 0.5)")
     print(cv_table(summary))
     base = summary["diameter_baseline_folds"]
     per = " ".join(f"{base['per_fold'][int(r['fold'])]['accuracy']:.3f}" for r in summary["folds"])
     acc = summary["test_mean_std"]["accuracy"]
-    print(f"diameter-only (threshold fitted on the non-test folds), accuracy per fold: {per}; "
-          f"mean {base['accuracy_mean']:.3f} ± {base['accuracy_std']:.3f}")
-    print(f"accuracy {acc['mean']:.3f} ± {acc['std']:.3f} vs diameter-only {base['accuracy_mean']:.3f}: "
-          + ("above" if acc["mean"] > base["accuracy_mean"] else "not above") + " the baseline on these folds")
+    print(
+        f"diameter-only (threshold fitted on the non-test folds), accuracy per fold: {per}; "
+        f"mean {base['accuracy_mean']:.3f} ± {base['accuracy_std']:.3f}"
+    )
+    print(
+        f"accuracy {acc['mean']:.3f} ± {acc['std']:.3f} vs diameter-only {base['accuracy_mean']:.3f}: "
+        + ("above" if acc["mean"] > base["accuracy_mean"] else "not above")
+        + " the baseline on these folds"
+    )
     return 0
 
 
@@ -157,9 +209,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         seen = {int(info["params"]["val_fold"])} | set(json.loads(info["params"].get("train_folds", "[]")))
         if args.fold in seen:
-            raise SystemExit(f"evaluate-run: fold {args.fold} was training/validation data of run {args.run_id} "
-                             f"(train folds {sorted(seen - {int(info['params']['val_fold'])})}, validation fold "
-                             f"{info['params']['val_fold']}); scoring it would report fitted data as a result")
+            raise SystemExit(
+                f"evaluate-run: fold {args.fold} was training/validation data of run {args.run_id} "
+                f"(train folds {sorted(seen - {int(info['params']['val_fold'])})}, validation fold "
+                f"{info['params']['val_fold']}); scoring it would report fitted data as a result"
+            )
         store = PatchStore.open(Path(args.artifacts or params.paths.artifacts))
         X, y, _ = store.arrays([args.fold])
         model = tracking.load_model(info["model_uri"])
@@ -173,8 +227,16 @@ def _features(args: argparse.Namespace) -> int:
     from naslung.train.run import compare_heads
 
     params, spec = _setup(args)
-    res = compare_heads(params, spec, args.fold, epochs=args.epochs, device=args.device, artifacts=args.artifacts,
-                        out_dir=args.out, log=not args.no_log)
+    res = compare_heads(
+        params,
+        spec,
+        args.fold,
+        epochs=args.epochs,
+        device=args.device,
+        artifacts=args.artifacts,
+        out_dir=args.out,
+        log=not args.no_log,
+    )
     from naslung.features import table_markdown
 
     print(f"spec {spec.ref_string()} ({spec.spec_id}), test fold {args.fold}")
@@ -195,7 +257,10 @@ def _latency(args: argparse.Namespace) -> int:
     for b in lp.batch_sizes:
         m = measure_latency(model, b, device, lp.warmup, lp.repeats)
         r = repeatability(model, b, device, lp.warmup, lp.repeats, lp.trials)
-        print(f"batch {b:>3}: {m['ms_per_nodule']:.3f} ms/nodule (IQR/median {m['iqr_over_median']:.3f}, "
-              f"{m['threads']} threads); {lp.trials} repeated measurements: "
-              + ", ".join(f"{v:.3f}" for v in r["trials_ms_per_nodule"]) + f" -> range/median {r['rel_range']:.3f}")
+        print(
+            f"batch {b:>3}: {m['ms_per_nodule']:.3f} ms/nodule (IQR/median {m['iqr_over_median']:.3f}, "
+            f"{m['threads']} threads); {lp.trials} repeated measurements: "
+            + ", ".join(f"{v:.3f}" for v in r["trials_ms_per_nodule"])
+            + f" -> range/median {r['rel_range']:.3f}"
+        )
     return 0

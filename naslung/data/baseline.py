@@ -59,7 +59,7 @@ def diameter_baseline(diameters_mm: Sequence[float] | np.ndarray, labels: Sequen
     return {"accuracy": float(accuracy[best]), "threshold_mm": threshold, "n": int(y.size)}
 
 
-def diameter_baseline_folds(manifest: "pd.DataFrame", test_folds: Sequence[int]) -> dict:
+def diameter_baseline_folds(manifest: pd.DataFrame, test_folds: Sequence[int]) -> dict:
     """Diameter-only baseline under the same protocol as the CNNs: for each test fold, the threshold is
     fitted on the other folds only and the accuracy measured on the test fold.
 
@@ -80,7 +80,7 @@ def diameter_baseline_folds(manifest: "pd.DataFrame", test_folds: Sequence[int])
         fit = diameter_baseline(train["diameter_mm"].to_numpy(), train["label"].to_numpy())
         pred = (test["diameter_mm"].to_numpy() > fit["threshold_mm"]).astype(int)
         acc = float((pred == test["label"].to_numpy()).mean())
-        per_fold[int(fold)] = {"accuracy": acc, "threshold_mm": fit["threshold_mm"], "n": int(len(test))}
+        per_fold[int(fold)] = {"accuracy": acc, "threshold_mm": fit["threshold_mm"], "n": len(test)}
     accs = np.array([v["accuracy"] for v in per_fold.values()])
     return {
         "per_fold": per_fold,

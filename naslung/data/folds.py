@@ -40,7 +40,7 @@ def assign_folds(
     With ``auto``, the subset folders are used only when every series has one, so a mixed layout cannot
     split one rule's folds across the other's.
     """
-    subs: dict[str, int | None] = dict(subsets) if isinstance(subsets, Mapping) else {u: None for u in subsets}
+    subs: dict[str, int | None] = dict(subsets) if isinstance(subsets, Mapping) else dict.fromkeys(subsets)
     if rule == "auto" and any(v is None for v in subs.values()):
-        rule, subs = "hash", {u: None for u in subs}
+        rule, subs = "hash", dict.fromkeys(subs)
     return {uid: fold_for(uid, k, n_folds, rule) for uid, k in subs.items()}

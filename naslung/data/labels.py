@@ -159,7 +159,7 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation table not found")
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        all_rows = [r for r in csv.reader(fh)]
+        all_rows = list(csv.reader(fh))
     if not all_rows:
         raise AnnotationError(f"{path}: empty annotation table")
     header = [c.strip() for c in all_rows[0]]
@@ -175,9 +175,10 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
     records: list[dict[str, Any]] = []
     per_series: dict[str, int] = {}
     for source_row, r in body:
+
         def get(name: str) -> str:
             k = col.get(name)
-            return r[k].strip() if k is not None and k < len(r) else ""
+            return r[k].strip() if k is not None and k < len(r) else ""  # noqa: B023
 
         uid = get("seriesuid")
         coords = {c: get(c) for c in _COORDS}
@@ -193,7 +194,7 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
         if diam_text and not math.isfinite(diameter):
             errors.append(f"bad diameter: diameter_mm={diam_text!r}")
         if fmt == "deeplung_readers":
-            scores = valid_scores(r[len(header):])
+            scores = valid_scores(r[len(header) :])
         elif score_col is not None:
             scores = parse_reader_scores(get(score_col))
         else:

@@ -101,8 +101,12 @@ def scan_extent_text(image: sitk.Image) -> str:
     """Physical bounding box of the scan's voxel centres as text: x[a, b] y[..] z[..] mm."""
     size = image.GetSize()
     pts = np.array(
-        [image.TransformIndexToPhysicalPoint((i, j, k)) for i in (0, size[0] - 1) for j in (0, size[1] - 1)
-         for k in (0, size[2] - 1)]
+        [
+            image.TransformIndexToPhysicalPoint((i, j, k))
+            for i in (0, size[0] - 1)
+            for j in (0, size[1] - 1)
+            for k in (0, size[2] - 1)
+        ]
     )
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return " ".join(f"{a}[{l:.1f}, {h:.1f}]" for a, l, h in zip("xyz", lo, hi)) + " mm"
@@ -127,4 +131,3 @@ def extract_patch_hu(
 def extract_patches(image: sitk.Image, points_xyz_mm: np.ndarray, p: PrepareParams) -> np.ndarray:
     """Windowed patches (n, size, size, size) float32 in [0, 1], (z, y, x), for world points (n, 3) mm."""
     return window_hu(extract_patch_hu(image, points_xyz_mm, p), p.hu_window)
-

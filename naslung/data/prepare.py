@@ -26,8 +26,18 @@ from naslung.data.scans import ScanError, ScanIndex, read_scan
 from naslung.params import PrepareParams
 
 MANIFEST_COLUMNS = [
-    "nodule_id", "seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "reader_scores", "mean_score",
-    "label", "fold", "scan_path", "patch_index",
+    "nodule_id",
+    "seriesuid",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "diameter_mm",
+    "reader_scores",
+    "mean_score",
+    "label",
+    "fold",
+    "scan_path",
+    "patch_index",
 ]
 """Columns of ``manifest.csv``; ``patch_index`` is the row of ``patches.npy``."""
 
@@ -135,8 +145,9 @@ def prepare(
     manifest = pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS)
     rej = pd.DataFrame.from_records(rejects, columns=REJECT_COLUMNS).sort_values("source_row", kind="stable")
     size = int(p.patch_size)
-    patches = np.stack([pt for _, pt in kept]).astype(np.float32) if kept else np.zeros((0, size, size, size),
-                                                                                         np.float32)
+    patches = (
+        np.stack([pt for _, pt in kept]).astype(np.float32) if kept else np.zeros((0, size, size, size), np.float32)
+    )
     summary = summarize(manifest, rej, n_rows=len(ann), p=p)
     summary.update(
         annotations=Path(annotations_csv).name,
@@ -161,7 +172,7 @@ def summarize(manifest: pd.DataFrame, rejects: pd.DataFrame, n_rows: int, p: Pre
     for k in range(p.n_folds):
         f = manifest[manifest["fold"] == k]
         per_fold[str(k)] = {
-            "n": int(len(f)),
+            "n": len(f),
             "malignant": int((f["label"] == 1).sum()),
             "benign": int((f["label"] == 0).sum()),
             "n_series": int(f["seriesuid"].nunique()),
@@ -171,16 +182,15 @@ def summarize(manifest: pd.DataFrame, rejects: pd.DataFrame, n_rows: int, p: Pre
     baseline: dict[str, Any] = {"accuracy": None, "threshold_mm": None}
     if len(lab) and lab["label"].nunique() > 0:
         baseline = dict(diameter_baseline(lab["diameter_mm"].to_numpy(float), lab["label"].to_numpy(int)))
-    baseline["n"] = int(len(lab))
+    baseline["n"] = len(lab)
     return {
         "n_rows": int(n_rows),
-        "n_nodules": int(len(manifest)),
+        "n_nodules": len(manifest),
         "n_malignant": int((manifest["label"] == 1).sum()),
         "n_benign": int((manifest["label"] == 0).sum()),
         "n_series": int(manifest["seriesuid"].nunique()),
         "per_fold": per_fold,
-        "n_rejected": int(len(rejects)),
+        "n_rejected": len(rejects),
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        "diameter_baseline": {k: (float(v) if isinstance(v, (float, np.floating)) else v)
-                              for k, v in baseline.items()},
+        "diameter_baseline": {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in baseline.items()},
     }

@@ -19,8 +19,18 @@ import SimpleITK as sitk
 _SUBSET = re.compile(r"^subset(\d+)$", re.IGNORECASE)
 
 _META_BYTES = {
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-    "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 8,
+    "MET_ULONG": 8,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
 }
 
 
@@ -203,7 +213,7 @@ class ScanIndex:
         return bool(self.scans) and all(r.subset is not None for r in self.scans.values())
 
     @classmethod
-    def build(cls, raw_dir: str | Path, dicom: bool = True) -> "ScanIndex":
+    def build(cls, raw_dir: str | Path, dicom: bool = True) -> ScanIndex:
         """Walk ``raw_dir``: every ``<uid>.mhd`` and (when ``dicom``) every folder holding a DICOM series.
 
         The series uid of an ``.mhd`` is its file stem (LUNA16 naming); of a DICOM series its

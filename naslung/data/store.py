@@ -26,15 +26,19 @@ class PatchStore:
     patches: np.ndarray
 
     @classmethod
-    def open(cls, artifacts_dir: str | Path) -> "PatchStore":
+    def open(cls, artifacts_dir: str | Path) -> PatchStore:
         """Open ``manifest.csv`` + ``patches.npy`` in ``artifacts_dir`` (patches memory-mapped, read-only)."""
         root = Path(artifacts_dir)
         mpath, ppath = root / MANIFEST_FILE, root / PATCHES_FILE
         for f in (mpath, ppath):
             if not f.is_file():
                 raise StoreError(f"{f}: not found (run `naslung prepare` first)")
-        manifest = pd.read_csv(mpath, dtype={"nodule_id": str, "seriesuid": str, "reader_scores": str},
-                               keep_default_na=False, na_values={"mean_score": [""], "diameter_mm": [""]})
+        manifest = pd.read_csv(
+            mpath,
+            dtype={"nodule_id": str, "seriesuid": str, "reader_scores": str},
+            keep_default_na=False,
+            na_values={"mean_score": [""], "diameter_mm": [""]},
+        )
         missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
         if missing:
             raise StoreError(f"{mpath}: missing column(s) {missing}")
@@ -43,8 +47,10 @@ class PatchStore:
             raise StoreError(f"{ppath}: expected float32 (N, P, P, P), got {patches.dtype} {patches.shape}")
         idx = manifest["patch_index"].to_numpy()
         if len(manifest) != patches.shape[0] or (len(idx) and (idx.min() < 0 or idx.max() >= patches.shape[0])):
-            raise StoreError(f"{root}: manifest has {len(manifest)} rows / patch_index range does not match "
-                             f"{patches.shape[0]} patches in {PATCHES_FILE}")
+            raise StoreError(
+                f"{root}: manifest has {len(manifest)} rows / patch_index range does not match "
+                f"{patches.shape[0]} patches in {PATCHES_FILE}"
+            )
         return cls(root, manifest, patches)
 
     def __len__(self) -> int:

@@ -166,7 +166,7 @@ def summarize(table: pd.DataFrame, params: SynthParams) -> dict:
     per_subset = {
         str(k): {
             "n_scans": int(g["seriesuid"].nunique()),
-            "n_nodules": int(len(g)),
+            "n_nodules": len(g),
             "n_malignant": int((g["label"] == 1).sum()),
             "n_benign": int((g["label"] == 0).sum()),
         }
@@ -178,8 +178,8 @@ def summarize(table: pd.DataFrame, params: SynthParams) -> dict:
         "seed": int(params.seed),
         "n_scans": int(params.n_scans),
         "nodules_per_scan": list(params.nodules_per_scan),
-        "n_nodules": int(len(table)),
-        "n_labelled": int(len(labelled)),
+        "n_nodules": len(table),
+        "n_labelled": len(labelled),
         "n_malignant": int((labelled["label"] == 1).sum()),
         "n_benign": int((labelled["label"] == 0).sum()),
         "n_excluded": int(table["label"].isna().sum()),

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from naslung.data.baseline import diameter_baseline_folds
 from naslung.ensemble.model import majority_label
 from naslung.ensemble.training import MemberRecord, read_index
 from naslung.metrics import METRIC_NAMES, binary_metrics
-from naslung.data.baseline import diameter_baseline_folds
 from naslung.params import Params
 
 METRICS_FILE = "metrics.json"
@@ -71,12 +71,16 @@ def fold_predictions(
         for name in names:
             rec = by_key.get((name, fold))
             if rec is None:
-                raise ValueError(f"evaluate: member {name} has no training for test fold {fold} (run `naslung ensemble train`)")
+                raise ValueError(
+                    f"evaluate: member {name} has no training for test fold {fold} (run `naslung ensemble train`)"
+                )
             ids, y, prob = rec.predictions()
             if ref_ids is None:
                 ref_ids, ref_y = ids, y
             elif not np.array_equal(ids, ref_ids):
-                raise ValueError(f"evaluate: member {name} was scored on other test rows of fold {fold} than {names[0]}")
+                raise ValueError(
+                    f"evaluate: member {name} was scored on other test rows of fold {fold} than {names[0]}"
+                )
             cols.append(prob)
         assert ref_y is not None
         out[fold] = (ref_y, np.stack(cols, axis=1))
@@ -137,7 +141,9 @@ def selection_leak_folds(params: Params, folds: Sequence[int]) -> list[int]:
     return [int(f) for f in folds if int(f) != int(params.search.fold)]
 
 
-def evaluate_ensemble(params: Params, out_path: str | Path | None = None, plots_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate_ensemble(
+    params: Params, out_path: str | Path | None = None, plots_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Evaluate members and ensemble over ``params.ensemble.folds``; write metrics.json and plots.
 
     Returns the metrics dict (also written to ``out_path``, default ``<paths.artifacts>/metrics.json``).
@@ -169,7 +175,7 @@ def evaluate_ensemble(params: Params, out_path: str | Path | None = None, plots_
         "ensemble": {
             "per_fold": {str(f): m for f, m in ens_fold.items()},
             "mean_std": _summary(ens_fold),
-            "n_test": {str(f): int(len(y)) for f, (y, _) in preds.items()},
+            "n_test": {str(f): len(y) for f, (y, _) in preds.items()},
         },
         "members": members,
         "best_member": {"name": best, "mean_std": members[best]["mean_std"]},
@@ -198,7 +204,9 @@ def evaluate_ensemble(params: Params, out_path: str | Path | None = None, plots_
     return result
 
 
-def write_plots(result: Mapping[str, Any], preds: Mapping[int, tuple[np.ndarray, np.ndarray]], out_dir: Path) -> list[Path]:
+def write_plots(
+    result: Mapping[str, Any], preds: Mapping[int, tuple[np.ndarray, np.ndarray]], out_dir: Path
+) -> list[Path]:
     """``ensemble_size.png`` (F1 / AUC vs members), ``ensemble_folds.png`` (F1 per fold, members vs
     ensemble) and ``ensemble_roc.png`` (pooled ROC of the ensemble's mean probability)."""
     from naslung.plots import roc_png
@@ -211,8 +219,14 @@ def write_plots(result: Mapping[str, Any], preds: Mapping[int, tuple[np.ndarray,
     curve = result["size_curve"]
     ns = [int(n) for n in curve]
     for metric in ("f1", "auc", "accuracy"):
-        ax.errorbar(ns, [curve[str(n)][f"{metric}_mean"] for n in ns], yerr=[curve[str(n)][f"{metric}_std"] for n in ns],
-                    marker="o", capsize=3, label=metric)
+        ax.errorbar(
+            ns,
+            [curve[str(n)][f"{metric}_mean"] for n in ns],
+            yerr=[curve[str(n)][f"{metric}_std"] for n in ns],
+            marker="o",
+            capsize=3,
+            label=metric,
+        )
     ax.set_xlabel("members in the ensemble (random subsets)")
     ax.set_ylabel("mean over test folds")
     ax.set_xticks(ns)
@@ -226,9 +240,11 @@ def write_plots(result: Mapping[str, Any], preds: Mapping[int, tuple[np.ndarray,
     ax = fig.add_subplot()
     folds = [str(f) for f in result["folds"]]
     x = np.arange(len(folds))
-    for name, m in result["members"].items():
+    for _name, m in result["members"].items():
         ax.plot(x, [m["per_fold"][f]["f1"] for f in folds], marker=".", alpha=0.5, lw=0.8, label=None)
-    ax.plot(x, [result["ensemble"]["per_fold"][f]["f1"] for f in folds], marker="o", lw=2.2, color="k", label="ensemble")
+    ax.plot(
+        x, [result["ensemble"]["per_fold"][f]["f1"] for f in folds], marker="o", lw=2.2, color="k", label="ensemble"
+    )
     ax.set_xticks(x, folds)
     ax.set_xlabel("test fold")
     ax.set_ylabel("F1")

@@ -59,7 +59,7 @@ class EnsemblePrediction:
     """(n, k) float32 per-member probabilities, columns in member order."""
 
     @classmethod
-    def from_member_probs(cls, member_probs: Any) -> "EnsemblePrediction":
+    def from_member_probs(cls, member_probs: Any) -> EnsemblePrediction:
         """Mean, majority vote and votes of member probabilities (n, k) — the one place they are formed."""
         members = np.asarray(member_probs, dtype=np.float32)
         votes, label = majority_label(members)
@@ -100,7 +100,9 @@ class Ensemble:
         if x.ndim == 4:
             x = x.unsqueeze(1)
         if x.ndim != 5 or x.shape[1] != 1:
-            raise ValueError(f"Ensemble.predict: expected patches (n, 1, D, H, W) or (n, D, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"Ensemble.predict: expected patches (n, 1, D, H, W) or (n, D, H, W), got {tuple(x.shape)}"
+            )
         if x.shape[0] == 0:
             raise ValueError("Ensemble.predict: empty batch")
         return x
@@ -115,7 +117,7 @@ class Ensemble:
         probs = [torch.softmax(m(x).float(), dim=1)[:, 1] for m in self.members]
         return EnsemblePrediction.from_member_probs(torch.stack(probs, dim=1).cpu().numpy())
 
-    def to(self, device: str) -> "Ensemble":
+    def to(self, device: str) -> Ensemble:
         """Move every member to ``device`` (in place); returns self."""
         self.device = device
         self.members = [m.to(device) for m in self.members]
@@ -128,7 +130,13 @@ class Ensemble:
         meta = {
             "margin_m": self.margin_m,
             "members": [
-                {"name": n, "spec": s.to_dict(), "spec_id": s.spec_id, "ref": s.ref_string(), "weights": f"member_{i}.pt"}
+                {
+                    "name": n,
+                    "spec": s.to_dict(),
+                    "spec_id": s.spec_id,
+                    "ref": s.ref_string(),
+                    "weights": f"member_{i}.pt",
+                }
                 for i, (n, s) in enumerate(zip(self.member_names, self.specs))
             ],
         }
@@ -138,7 +146,7 @@ class Ensemble:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "Ensemble":
+    def load(cls, directory: str | Path, device: str = "cpu") -> Ensemble:
         """Read an ensemble written by :meth:`save` (weights loaded with ``weights_only=True``)."""
         d = Path(directory)
         meta_path = d / MEMBERS_FILE

@@ -129,8 +129,10 @@ def member_params_hash(params: Params) -> str:
 
 def member_key(spec: AnySpec, fold: int, data_hash: str, params_hash: str) -> str:
     """Cache key of one member: (spec id, spec, test fold, data hash, params hash)."""
-    blob = json.dumps({"spec_id": spec.spec_id, "spec": spec.to_dict(), "fold": int(fold), "data": data_hash,
-                       "params": params_hash}, sort_keys=True)
+    blob = json.dumps(
+        {"spec_id": spec.spec_id, "spec": spec.to_dict(), "fold": int(fold), "data": data_hash, "params": params_hash},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -207,19 +209,37 @@ def train_member(
     from naslung.train.run import run_training
 
     out = run_training(
-        params, spec, fold, epochs=params.ensemble.epochs, artifacts=params.paths.artifacts, log=log,
-        progress=progress, store=store,
+        params,
+        spec,
+        fold,
+        epochs=params.ensemble.epochs,
+        artifacts=params.paths.artifacts,
+        log=log,
+        progress=progress,
+        store=store,
     )
     return _write_member(
         mdir,
         MemberRecord(
-            name=spec.spec_id, spec=spec.to_dict(), spec_id=spec.spec_id, fold=int(fold), key=key, dir=str(mdir),
-            run_id=out.run_id, val={k: float(v) for k, v in out.fit.val_metrics.items()},
-            test={k: float(v) for k, v in out.test.metrics.items()}, best_epoch=int(out.fit.best_epoch),
-            n_params=int(out.n_params), flops=int(out.flops),
+            name=spec.spec_id,
+            spec=spec.to_dict(),
+            spec_id=spec.spec_id,
+            fold=int(fold),
+            key=key,
+            dir=str(mdir),
+            run_id=out.run_id,
+            val={k: float(v) for k, v in out.fit.val_metrics.items()},
+            test={k: float(v) for k, v in out.test.metrics.items()},
+            best_epoch=int(out.fit.best_epoch),
+            n_params=int(out.n_params),
+            flops=int(out.flops),
             latency_ms_per_nodule={str(b): float(v["ms_per_nodule"]) for b, v in out.latency.items()},
         ),
-        out.fit.model, asdict(out.split), out.test.ids, out.test.y, out.test.prob,
+        out.fit.model,
+        asdict(out.split),
+        out.test.ids,
+        out.test.y,
+        out.test.prob,
     )
 
 
@@ -265,9 +285,18 @@ def score_member(
     key = member_key(spec, fold, data_hash, member_params_hash(params))
     mdir = Path(params.ensemble.out_dir) / "members" / f"{spec.spec_id}-fold{fold}-{key}"
     rec = MemberRecord(
-        name=spec.spec_id, spec=spec.to_dict(), spec_id=spec.spec_id, fold=int(fold), key=key, dir=str(mdir),
-        run_id=run_id, val={}, test={k: float(v) for k, v in result.metrics.items()}, best_epoch=0,
-        n_params=int(count_params(model)), flops=int(spec_flops(spec)),
+        name=spec.spec_id,
+        spec=spec.to_dict(),
+        spec_id=spec.spec_id,
+        fold=int(fold),
+        key=key,
+        dir=str(mdir),
+        run_id=run_id,
+        val={},
+        test={k: float(v) for k, v in result.metrics.items()},
+        best_epoch=0,
+        n_params=int(count_params(model)),
+        flops=int(spec_flops(spec)),
     )
     return _write_member(mdir, rec, model, asdict(split), result.ids, result.y, result.prob)
 
@@ -314,7 +343,9 @@ def train_ensemble(
     return write_index(params, specs, records, data)
 
 
-def write_index(params: Params, specs: Sequence[AnySpec], records: Sequence[MemberRecord], data: dict[str, Any]) -> dict[str, Any]:
+def write_index(
+    params: Params, specs: Sequence[AnySpec], records: Sequence[MemberRecord], data: dict[str, Any]
+) -> dict[str, Any]:
     """Save the ``deploy_fold`` ensemble to ``<out_dir>/model`` and write ``<out_dir>/training.json``."""
     e = params.ensemble
     out = Path(e.out_dir)

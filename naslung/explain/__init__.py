@@ -5,6 +5,13 @@ from naslung.explain.maps import Explanation, attention_maps, cam_maps, class_we
 from naslung.explain.sanity import MassReport, mass_inside, mass_report, sphere_mask
 
 __all__ = [
-    "Explanation", "MassReport", "attention_maps", "cam_maps", "class_weights", "explain", "mass_inside",
-    "mass_report", "sphere_mask",
+    "Explanation",
+    "MassReport",
+    "attention_maps",
+    "cam_maps",
+    "class_weights",
+    "explain",
+    "mass_inside",
+    "mass_report",
+    "sphere_mask",
 ]

@@ -63,7 +63,9 @@ def class_weights(model: nn.Module) -> torch.Tensor:
         return F.normalize(head.weight.detach(), dim=0).t()
     if isinstance(head, nn.Linear):
         return head.weight.detach()
-    raise TypeError(f"class_weights: {type(model).__name__}.head must be nn.Linear or AngleLinear, got {type(head).__name__}")
+    raise TypeError(
+        f"class_weights: {type(model).__name__}.head must be nn.Linear or AngleLinear, got {type(head).__name__}"
+    )
 
 
 def _members(models: Any) -> list[nn.Module]:

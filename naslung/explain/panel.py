@@ -23,7 +23,13 @@ PANEL_FILES = ("panel_cam.png", "panel_attention.png", "mass.png", "explain.json
 
 
 def explain_test_fold(
-    models: Any, store: Any, n_folds: int, fold: int, seed: int, out_dir: str | Path, per_cell: int = 3,
+    models: Any,
+    store: Any,
+    n_folds: int,
+    fold: int,
+    seed: int,
+    out_dir: str | Path,
+    per_cell: int = 3,
     title: str = "",
 ) -> dict[str, Any]:
     """Score test fold ``fold`` of ``make_split(n_folds, fold, seed)`` once with ``models`` (a model, a list
@@ -45,16 +51,42 @@ def explain_test_fold(
     out = Path(out_dir)
     names = [str(i)[-8:] for i in result.ids]
     prefix = f"{title}: " if title else ""
-    files = [panel_figure(out / "panel_cam.png", X, ex.cam, result.y, ex.prob, per_cell, "CAM", names,
-                          title=f"{prefix}CAM, test fold {fold}: correct / wrong per class (axial | coronal)")]
+    files = [
+        panel_figure(
+            out / "panel_cam.png",
+            X,
+            ex.cam,
+            result.y,
+            ex.prob,
+            per_cell,
+            "CAM",
+            names,
+            title=f"{prefix}CAM, test fold {fold}: correct / wrong per class (axial | coronal)",
+        )
+    ]
     reports = {"CAM": mass_report(ex.cam, masks)}
     if ex.attention is not None:
-        files.append(panel_figure(out / "panel_attention.png", X, ex.attention, result.y, ex.prob, per_cell,
-                                  "stage-2 attention", names,
-                                  title=f"{prefix}stage-2 attention, test fold {fold} (axial | coronal)"))
+        files.append(
+            panel_figure(
+                out / "panel_attention.png",
+                X,
+                ex.attention,
+                result.y,
+                ex.prob,
+                per_cell,
+                "stage-2 attention",
+                names,
+                title=f"{prefix}stage-2 attention, test fold {fold} (axial | coronal)",
+            )
+        )
         reports["attention"] = mass_report(ex.attention, masks)
     files.append(mass_figure(out / "mass.png", reports, diam))
-    summary = {"test_fold": fold, "n": int(len(result.y)), "metrics": result.metrics,
-               **{k: r.to_dict() for k, r in reports.items()}, "files": [p.name for p in files] + ["explain.json"]}
+    summary = {
+        "test_fold": fold,
+        "n": len(result.y),
+        "metrics": result.metrics,
+        **{k: r.to_dict() for k, r in reports.items()},
+        "files": [p.name for p in files] + ["explain.json"],
+    }
     (out / "explain.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
     return summary

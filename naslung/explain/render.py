@@ -35,8 +35,13 @@ def slices(vol: np.ndarray, centre_zyx: Sequence[int] | None = None) -> dict[str
 
 
 def overlay_figure(
-    patch: np.ndarray, heat: np.ndarray, title: str = "", label: str = "CAM", centre_zyx: Sequence[int] | None = None,
-    alpha: float = 0.45, cmap: str = "jet",
+    patch: np.ndarray,
+    heat: np.ndarray,
+    title: str = "",
+    label: str = "CAM",
+    centre_zyx: Sequence[int] | None = None,
+    alpha: float = 0.45,
+    cmap: str = "jet",
 ) -> Any:
     """Figure with the three views of ``patch`` (grey) and ``heat`` (colour, with a colour bar)."""
     plt = _plt()
@@ -48,8 +53,14 @@ def overlay_figure(
     im = None
     for ax, v in zip(axes, VIEWS):
         ax.imshow(ps[v], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        im = ax.imshow(hs[v], cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
-                       interpolation="bilinear")
+        im = ax.imshow(
+            hs[v],
+            cmap=cmap,
+            alpha=alpha,
+            vmin=vmin,
+            vmax=vmax if vmax > vmin else vmin + 1e-6,
+            interpolation="bilinear",
+        )
         ax.set_title(v, fontsize=9)
         ax.axis("off")
     fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.02, label=label)
@@ -59,8 +70,13 @@ def overlay_figure(
 
 
 def save_overlay(
-    path: str | Path, patch: np.ndarray, heat: np.ndarray, prob: float | None = None, label: str = "CAM",
-    name: str = "", **kwargs: Any,
+    path: str | Path,
+    patch: np.ndarray,
+    heat: np.ndarray,
+    prob: float | None = None,
+    label: str = "CAM",
+    name: str = "",
+    **kwargs: Any,
 ) -> Path:
     """Write :func:`overlay_figure` to ``path`` (PNG); the title names the nodule and P(malignant)."""
     plt = _plt()
@@ -88,8 +104,15 @@ def pick_panel(y_true: np.ndarray, prob: np.ndarray, per_cell: int = 3, threshol
 
 
 def panel_figure(
-    path: str | Path, patches: np.ndarray, maps: np.ndarray, y_true: np.ndarray, prob: np.ndarray,
-    per_cell: int = 3, label: str = "CAM", names: Sequence[str] | None = None, title: str = "",
+    path: str | Path,
+    patches: np.ndarray,
+    maps: np.ndarray,
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    per_cell: int = 3,
+    label: str = "CAM",
+    names: Sequence[str] | None = None,
+    title: str = "",
     alpha: float = 0.45,
 ) -> Path:
     """Fig. 5-style panel: rows benign/malignant x correctly/wrongly classified, ``per_cell`` nodules each,
@@ -119,8 +142,9 @@ def panel_figure(
                 if v == 0:
                     nm = f"{names[i]} " if names is not None else ""
                     ax.set_title(f"{nm}p={prob[i]:.2f}", fontsize=7)
-        axes[r, 0].text(-0.12, 0.5, cname, rotation=90, ha="right", va="center", fontsize=9,
-                        transform=axes[r, 0].transAxes)
+        axes[r, 0].text(
+            -0.12, 0.5, cname, rotation=90, ha="right", va="center", fontsize=9, transform=axes[r, 0].transAxes
+        )
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label=f"{label} (scaled per nodule)")
     fig.suptitle(title or f"{label}: correctly / wrongly classified nodules per class (axial | coronal)", fontsize=10)
@@ -137,10 +161,16 @@ def mass_figure(path: str | Path, reports: dict[str, Any], diameters_mm: np.ndar
     given, with the uniform-map level 1 and each kind's ratio of means in the legend."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for k, (name, rep) in enumerate(reports.items()):
+    for _k, (name, rep) in enumerate(reports.items()):
         xs = np.asarray(diameters_mm, float) if diameters_mm is not None else np.arange(rep.ratio.size)
-        ax.scatter(xs, rep.ratio, s=12, alpha=0.7, label=f"{name}: mass/share = {rep.ratio_of_means:.2f} "
-                   f"(mass {rep.mean_mass:.3f}, share {rep.mean_share:.4f})")
+        ax.scatter(
+            xs,
+            rep.ratio,
+            s=12,
+            alpha=0.7,
+            label=f"{name}: mass/share = {rep.ratio_of_means:.2f} "
+            f"(mass {rep.mean_mass:.3f}, share {rep.mean_share:.4f})",
+        )
     ax.axhline(1.0, c="0.3", ls="--", lw=1, label="uniform map")
     ax.set_yscale("log")
     ax.set_xlabel("nodule diameter (mm)" if diameters_mm is not None else "nodule")

@@ -74,8 +74,13 @@ class MassReport:
         return float(np.nanmedian(self.ratio))
 
     def to_dict(self) -> dict[str, float]:
-        return {"mean_mass": self.mean_mass, "mean_share": self.mean_share, "ratio_of_means": self.ratio_of_means,
-                "median_ratio": self.median_ratio, "n": int(self.mass.size)}
+        return {
+            "mean_mass": self.mean_mass,
+            "mean_share": self.mean_share,
+            "ratio_of_means": self.ratio_of_means,
+            "median_ratio": self.median_ratio,
+            "n": int(self.mass.size),
+        }
 
 
 def mass_report(maps: np.ndarray, masks: np.ndarray) -> MassReport:

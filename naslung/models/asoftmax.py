@@ -163,7 +163,7 @@ class SoftmaxLoss(nn.Module):
         return F.cross_entropy(logits, target.long())
 
 
-def build_loss(spec: "ArchSpec", model_params: "ModelParams") -> nn.Module:
+def build_loss(spec: ArchSpec, model_params: ModelParams) -> nn.Module:
     """Loss for ``spec.head``: :class:`ASoftmaxLoss` (λ schedule from ``model_params``) or :class:`SoftmaxLoss`."""
     if spec.head == "asoftmax":
         return ASoftmaxLoss(

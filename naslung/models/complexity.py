@@ -29,9 +29,7 @@ def _conv_out(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def count_flops(
-    spec: ArchSpec | str, input_size: int = 32, spatial_kernel: int = 3, reduction: int = 4
-) -> int:
+def count_flops(spec: ArchSpec | str, input_size: int = 32, spatial_kernel: int = 3, reduction: int = 4) -> int:
     """Multiply-adds per nodule for a ``input_size``^3 voxel patch (analytic; see module docstring)."""
     spec = ArchSpec.coerce(spec)
     s = input_size

@@ -15,7 +15,7 @@ Models: ``build(ArchSpec)`` -> :class:`~naslung.models.net.NASLungNet`, ``build(
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 
@@ -23,7 +23,7 @@ from naslung.models.mbconv import DnasArch, DnasNet
 from naslung.models.net import build_model
 from naslung.models.spec import ArchSpec, SpecError
 
-AnySpec = Union[ArchSpec, DnasArch]
+AnySpec = ArchSpec | DnasArch
 """A spec of either model family."""
 
 DNAS_KIND = DnasArch.KIND

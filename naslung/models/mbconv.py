@@ -77,13 +77,17 @@ class DnasSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "stem": self.stem, "layers": [list(x) for x in self.layers], "head_channels": self.head_channels,
-            "kernels": list(self.kernels), "expansions": list(self.expansions), "skip": self.skip,
+            "stem": self.stem,
+            "layers": [list(x) for x in self.layers],
+            "head_channels": self.head_channels,
+            "kernels": list(self.kernels),
+            "expansions": list(self.expansions),
+            "skip": self.skip,
             "in_channels": self.in_channels,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DnasSpace":
+    def from_dict(cls, d: dict[str, Any]) -> DnasSpace:
         return cls(**{**d, "layers": tuple(tuple(x) for x in d["layers"])})
 
 
@@ -124,7 +128,7 @@ class DnasArch:
         return {"kind": self.KIND, "space": self.space.to_dict(), "ops": list(self.ops)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DnasArch":
+    def from_dict(cls, d: dict[str, Any]) -> DnasArch:
         """Inverse of :meth:`to_dict` (``kind``, when present, must be ``"dnas"``)."""
         if not isinstance(d, dict):
             raise ValueError(f"DnasArch: mapping expected, got {type(d).__name__}")
@@ -139,7 +143,7 @@ class DnasArch:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "DnasArch":
+    def from_json(cls, text: str) -> DnasArch:
         return cls.from_dict(json.loads(text))
 
     @property
@@ -187,10 +191,14 @@ class MBConv3d(nn.Module):
         super().__init__()
         hidden = c_in * expansion
         self.block = nn.Sequential(
-            nn.Conv3d(c_in, hidden, 1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv3d(c_in, hidden, 1, bias=False),
+            nn.BatchNorm3d(hidden),
+            nn.ReLU6(inplace=True),
             nn.Conv3d(hidden, hidden, kernel, stride=stride, padding=kernel // 2, groups=hidden, bias=False),
-            nn.BatchNorm3d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv3d(hidden, c_out, 1, bias=False), nn.BatchNorm3d(c_out),
+            nn.BatchNorm3d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv3d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm3d(c_out),
         )
         self.residual = stride == 1 and c_in == c_out
 
@@ -213,7 +221,8 @@ def stem_block(space: DnasSpace) -> nn.Sequential:
     """3x3x3 stride-2 conv + BN + ReLU6: ``(N, in_channels, S, S, S) -> (N, stem, S/2, S/2, S/2)``."""
     return nn.Sequential(
         nn.Conv3d(space.in_channels, space.stem, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm3d(space.stem), nn.ReLU6(inplace=True),
+        nn.BatchNorm3d(space.stem),
+        nn.ReLU6(inplace=True),
     )
 
 
@@ -263,8 +272,13 @@ class DnasNet(nn.Module):
         """Same keys as ``NASLungNet.forward_maps``; no CBAM, so the attention entries are ``None``."""
         maps = self.feature_maps(x)
         f = self.pool(maps).flatten(1)
-        return {"logits": self.head(f), "features": f, "feature_maps": maps,
-                "spatial_attention": None, "channel_attention": None}
+        return {
+            "logits": self.head(f),
+            "features": f,
+            "feature_maps": maps,
+            "spatial_attention": None,
+            "channel_attention": None,
+        }
 
     def extra_repr(self) -> str:
         return f"arch={self.arch.ref_string()!r}, spec_id={self.arch.spec_id}"

@@ -135,7 +135,7 @@ class ArchSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
         """Inverse of :meth:`to_dict`; unknown or missing keys are an error."""
         if not isinstance(data, dict):
             raise SpecError(f"spec mapping expected, got {type(data).__name__}")
@@ -158,7 +158,7 @@ class ArchSpec:
         return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -169,7 +169,7 @@ class ArchSpec:
         return yaml.safe_dump(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "ArchSpec":
+    def from_yaml(cls, text: str) -> ArchSpec:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -191,7 +191,7 @@ class ArchSpec:
         return self.ref_string()
 
     @classmethod
-    def parse(cls, text: str, cbam: bool | None = None, head: str | None = None) -> "ArchSpec":
+    def parse(cls, text: str, cbam: bool | None = None, head: str | None = None) -> ArchSpec:
         """Parse the reference string form or the bare list form.
 
         ``spcbam[...]``/``sp[...]``/``cbam[...]``/``none[...]`` fix both flags (the prefix wins over
@@ -226,7 +226,7 @@ class ArchSpec:
             raise SpecError(f"spec {text!r}: {exc}") from None
 
     @classmethod
-    def coerce(cls, value: "ArchSpec | str | dict[str, Any]", **flags: Any) -> "ArchSpec":
+    def coerce(cls, value: ArchSpec | str | dict[str, Any], **flags: Any) -> ArchSpec:
         """ArchSpec from an ArchSpec, a spec string (see :meth:`parse`) or a :meth:`to_dict` mapping."""
         if isinstance(value, ArchSpec):
             return value

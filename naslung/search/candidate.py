@@ -66,7 +66,7 @@ class CandidateRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CandidateRecord":
+    def from_dict(cls, d: dict[str, Any]) -> CandidateRecord:
         return cls(**d)
 
     @property
@@ -91,7 +91,7 @@ def latency_unit(search: SearchParams) -> str:
 
 
 def spec_latency(
-    spec: "AnySpec", search: SearchParams, latency: LatencyParams, device: str = "cpu", margin_m: int = 4
+    spec: AnySpec, search: SearchParams, latency: LatencyParams, device: str = "cpu", margin_m: int = 4
 ) -> tuple[float, dict[str, Any]]:
     """Latency of ``spec`` (an ``ArchSpec`` or a DNAS ``DnasArch``) per ``search.latency_source`` (see
     module docstring) and the measurement detail."""
@@ -140,7 +140,7 @@ class LatencyCache:
 
 
 @functools.lru_cache(maxsize=4)
-def load_dev(artifacts: str, n_folds: int, test_fold: int, seed: int) -> "DevData":
+def load_dev(artifacts: str, n_folds: int, test_fold: int, seed: int) -> DevData:
     """Training + validation arrays of the search split (test fold excluded), cached per process."""
     from naslung.data.store import PatchStore
     from naslung.train.protocol import dev_data, make_split
@@ -150,8 +150,8 @@ def load_dev(artifacts: str, n_folds: int, test_fold: int, seed: int) -> "DevDat
 
 
 def train_candidate(
-    spec: "ArchSpec",
-    dev: "DevData",
+    spec: ArchSpec,
+    dev: DevData,
     params: Params,
     latency_value: float,
     latency_detail: dict[str, Any] | None = None,

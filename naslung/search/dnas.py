@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from naslung.models.mbconv import (  # noqa: F401 - re-exported: the public names of the DNAS space
+from naslung.models.mbconv import (
     N_CLASSES,
     SKIP,
     DnasArch,
@@ -61,9 +61,26 @@ from naslung.models.mbconv import (  # noqa: F401 - re-exported: the public name
 )
 
 __all__ = [
-    "N_CLASSES", "SKIP", "DnasArch", "DnasNet", "DnasSpace", "MBConv3d", "MixedOp", "SearchResult", "Supernet",
-    "alpha_entropy", "build_dnas_model", "derive", "derive_top", "gumbel_straight_through", "make_op", "parse_op",
-    "search", "space_from_params", "split_alpha", "tau_at",
+    "N_CLASSES",
+    "SKIP",
+    "DnasArch",
+    "DnasNet",
+    "DnasSpace",
+    "MBConv3d",
+    "MixedOp",
+    "SearchResult",
+    "Supernet",
+    "alpha_entropy",
+    "build_dnas_model",
+    "derive",
+    "derive_top",
+    "gumbel_straight_through",
+    "make_op",
+    "parse_op",
+    "search",
+    "space_from_params",
+    "split_alpha",
+    "tau_at",
 ]
 
 
@@ -147,7 +164,9 @@ class Supernet(nn.Module):
 
 def derive(supernet: Supernet) -> DnasArch:
     """The argmax-α architecture."""
-    return DnasArch(supernet.space, tuple(c.names[int(a.detach().argmax())] for c, a in zip(supernet.cells, supernet.alphas)))
+    return DnasArch(
+        supernet.space, tuple(c.names[int(a.detach().argmax())] for c, a in zip(supernet.cells, supernet.alphas))
+    )
 
 
 def derive_top(supernet: Supernet, k: int = 1) -> list[tuple[DnasArch, float]]:
@@ -156,12 +175,10 @@ def derive_top(supernet: Supernet, k: int = 1) -> list[tuple[DnasArch, float]]:
     beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
     for p in supernet.probabilities():
         logp = np.log(np.clip(p, 1e-12, None))
-        beams = sorted(((s + float(logp[j]), ops + (j,)) for s, ops in beams for j in range(len(p))), reverse=True)[
+        beams = sorted(((s + float(logp[j]), (*ops, j)) for s, ops in beams for j in range(len(p))), reverse=True)[
             : max(1, k)
         ]
-    return [
-        (DnasArch(supernet.space, tuple(c.names[j] for c, j in zip(supernet.cells, ops))), s) for s, ops in beams
-    ]
+    return [(DnasArch(supernet.space, tuple(c.names[j] for c, j in zip(supernet.cells, ops))), s) for s, ops in beams]
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -234,7 +251,9 @@ def search(
     gen = torch.Generator().manual_seed(seed)
     supernet.to(device)
     w_opt = torch.optim.Adam(supernet.weight_parameters(), lr=w_lr)
-    a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=alpha_lr, betas=(0.5, 0.999), weight_decay=alpha_weight_decay)
+    a_opt = torch.optim.Adam(
+        supernet.arch_parameters(), lr=alpha_lr, betas=(0.5, 0.999), weight_decay=alpha_weight_decay
+    )
     Xt, yt = train
     Xa, ya = alpha_split
     a_iter = _cycle(int(Xa.shape[0]), batch_size, gen)
@@ -288,7 +307,9 @@ def search(
             on_epoch(row)
     supernet.eval()
     return SearchResult(
-        supernet, history, derive(supernet) if isinstance(supernet, Supernet) else None,
+        supernet,
+        history,
+        derive(supernet) if isinstance(supernet, Supernet) else None,
         time.perf_counter() - start,
         [p.tolist() for p in supernet.probabilities()],
     )
@@ -313,5 +334,11 @@ def split_alpha(
 
 def space_from_params(p: Any) -> DnasSpace:
     """:class:`DnasSpace` from ``params.dnas`` (:class:`naslung.params.DnasParams`)."""
-    return DnasSpace(stem=p.stem, layers=tuple(tuple(x) for x in p.layers), head_channels=p.head_channels,
-                     kernels=tuple(p.kernels), expansions=tuple(p.expansions), skip=p.skip)
+    return DnasSpace(
+        stem=p.stem,
+        layers=tuple(tuple(x) for x in p.layers),
+        head_channels=p.head_channels,
+        kernels=tuple(p.kernels),
+        expansions=tuple(p.expansions),
+        skip=p.skip,
+    )

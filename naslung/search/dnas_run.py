@@ -81,8 +81,11 @@ class DnasRunResult:
 
 
 def _dominates(b: Mapping[str, Any], a: Mapping[str, Any]) -> bool:
-    return (b["accuracy"] >= a["accuracy"] and b["latency"] <= a["latency"]
-            and (b["accuracy"] > a["accuracy"] or b["latency"] < a["latency"]))
+    return (
+        b["accuracy"] >= a["accuracy"]
+        and b["latency"] <= a["latency"]
+        and (b["accuracy"] > a["accuracy"] or b["latency"] < a["latency"])
+    )
 
 
 def _order(r: Mapping[str, Any]) -> tuple[float, float, str]:
@@ -154,17 +157,30 @@ def run_dnas_search(
         supernet = dnas.Supernet(dnas.space_from_params(p), mixed=p.mixed, seed=params.seed)
 
         def on_epoch(row: dict[str, float]) -> None:
-            say(f"dnas epoch {int(row['epoch'])}: tau {row['tau']:.2f} w_loss {row['w_loss']:.3f} "
-                f"alpha_acc {row['alpha_accuracy']:.3f} entropy {row['alpha_entropy']:.3f} ({row['seconds']:.0f} s)")
+            say(
+                f"dnas epoch {int(row['epoch'])}: tau {row['tau']:.2f} w_loss {row['w_loss']:.3f} "
+                f"alpha_acc {row['alpha_accuracy']:.3f} entropy {row['alpha_entropy']:.3f} ({row['seconds']:.0f} s)"
+            )
             if tracker is not None:
                 tracker.log_epoch(row)
 
         res = dnas.search(
-            supernet, (torch.from_numpy(Xw), torch.from_numpy(yw)), (torch.from_numpy(Xa), torch.from_numpy(ya)),
-            epochs=p.epochs, warmup_epochs=p.warmup_epochs, batch_size=p.batch_size, w_lr=p.w_lr,
-            alpha_lr=p.alpha_lr, alpha_weight_decay=p.alpha_weight_decay, tau_max=p.tau_max, tau_min=p.tau_min,
-            seed=params.seed, device=device,
-            augment=lambda x, g: augment_batch(x, g, pad=params.train.pad, flips=params.train.flips, permute_axes=params.train.permute_axes),
+            supernet,
+            (torch.from_numpy(Xw), torch.from_numpy(yw)),
+            (torch.from_numpy(Xa), torch.from_numpy(ya)),
+            epochs=p.epochs,
+            warmup_epochs=p.warmup_epochs,
+            batch_size=p.batch_size,
+            w_lr=p.w_lr,
+            alpha_lr=p.alpha_lr,
+            alpha_weight_decay=p.alpha_weight_decay,
+            tau_max=p.tau_max,
+            tau_min=p.tau_min,
+            seed=params.seed,
+            device=device,
+            augment=lambda x, g: augment_batch(
+                x, g, pad=params.train.pad, flips=params.train.flips, permute_axes=params.train.permute_axes
+            ),
             on_epoch=on_epoch,
         )
         search_seconds = time.perf_counter() - t0
@@ -178,23 +194,45 @@ def run_dnas_search(
                 records.append(rec)
                 continue
             lat, lat_detail = spec_latency(arch, sp, params.latency, device, params.model.margin_m)
-            fitres = fit(arch, dev.train, dev.val, params.model, params.train,  # from scratch, all training rows
-                         epochs=p.retrain_epochs, seed=params.seed, device=device)
+            fitres = fit(
+                arch,
+                dev.train,
+                dev.val,
+                params.model,
+                params.train,  # from scratch, all training rows
+                epochs=p.retrain_epochs,
+                seed=params.seed,
+                device=device,
+            )
             vm = {k: float(v) for k, v in fitres.val_metrics.items()}
             rec = {
-                "spec": arch.to_dict(), "spec_id": arch.spec_id, "ref_string": arch.ref_string(), "strategy": "dnas",
-                "ops": list(arch.ops), "log_prob": float(logp), "accuracy": vm["accuracy"], "latency": float(lat),
-                "latency_unit": unit, "flops": int(lat_detail.get("flops") or _flops(arch)),
-                "n_params": int(count_params(fitres.model)), "val_metrics": vm,
+                "spec": arch.to_dict(),
+                "spec_id": arch.spec_id,
+                "ref_string": arch.ref_string(),
+                "strategy": "dnas",
+                "ops": list(arch.ops),
+                "log_prob": float(logp),
+                "accuracy": vm["accuracy"],
+                "latency": float(lat),
+                "latency_unit": unit,
+                "flops": int(lat_detail.get("flops") or _flops(arch)),
+                "n_params": int(count_params(fitres.model)),
+                "val_metrics": vm,
                 "history": [{k: float(v) for k, v in row.items()} for row in fitres.history],
-                "best_epoch": int(fitres.best_epoch), "epochs": int(p.retrain_epochs), "seed": int(params.seed),
-                "device": device, "train_seconds": float(fitres.seconds), "latency_detail": lat_detail,
+                "best_epoch": int(fitres.best_epoch),
+                "epochs": int(p.retrain_epochs),
+                "seed": int(params.seed),
+                "device": device,
+                "train_seconds": float(fitres.seconds),
+                "latency_detail": lat_detail,
             }
             if tracker is not None:
                 rec["run_id"] = tracker.log_derived(rec, fitres.model)
             records.append(rec)
-            say(f"derived {arch.ref_string()}: val acc {rec['accuracy']:.3f}, latency {rec['latency']:.3g} "
-                f"{unit}, {rec['n_params']:,} params")
+            say(
+                f"derived {arch.ref_string()}: val acc {rec['accuracy']:.3f}, latency {rec['latency']:.3g} "
+                f"{unit}, {rec['n_params']:,} params"
+            )
         front = front_of(records)
         selected = select_records(records, sp.k_select)
         best = max(records, key=lambda r: (r["accuracy"], -r["latency"]))
@@ -209,23 +247,43 @@ def run_dnas_search(
             "reused": reused,
             "front_size": len(front),
             "selected": len(selected),
-            "best_accuracy": best["accuracy"], "best_latency": best["latency"], "best_n_params": best["n_params"],
-            "best_spec": best["ref_string"], "best_spec_id": best["spec_id"],
+            "best_accuracy": best["accuracy"],
+            "best_latency": best["latency"],
+            "best_n_params": best["n_params"],
+            "best_spec": best["ref_string"],
+            "best_spec_id": best["spec_id"],
             "final_alpha_entropy": res.history[-1]["alpha_entropy"] if res.history else math.nan,
-            "n_alpha_rows": int(len(ya)), "n_weight_rows": int(len(yw)), "n_val_rows": int(len(dev.val[1])),
-            "val_fold": dev.split.val_fold, "test_fold": sp.fold,
-            "latency_unit": unit, "latency_device": device, "seed": params.seed,
-            "epochs": p.epochs, "retrain_epochs": p.retrain_epochs, "derive_k": p.derive_k,
+            "n_alpha_rows": len(ya),
+            "n_weight_rows": len(yw),
+            "n_val_rows": len(dev.val[1]),
+            "val_fold": dev.split.val_fold,
+            "test_fold": sp.fold,
+            "latency_unit": unit,
+            "latency_device": device,
+            "seed": params.seed,
+            "epochs": p.epochs,
+            "retrain_epochs": p.retrain_epochs,
+            "derive_k": p.derive_k,
             "pop_front_size": len(pop_front),
             **dict(extra_summary or {}),
         }
         label = f"latency ({unit.replace('_', ' ')})"
         files = write_dnas_outputs(out, records, front, selected, summary, label, pop_front)
         files["dnas"] = out / DNAS_FILE
-        files["dnas"].write_text(encoding="utf-8", data=json.dumps({
-            "summary": summary, "probabilities": res.probabilities, "op_names": [c.names for c in supernet.cells],
-            "history": res.history, "derived": [{k: v for k, v in r.items() if k != "history"} for r in records],
-        }, indent=1, default=float))
+        files["dnas"].write_text(
+            encoding="utf-8",
+            data=json.dumps(
+                {
+                    "summary": summary,
+                    "probabilities": res.probabilities,
+                    "op_names": [c.names for c in supernet.cells],
+                    "history": res.history,
+                    "derived": [{k: v for k, v in r.items() if k != "history"} for r in records],
+                },
+                indent=1,
+                default=float,
+            ),
+        )
         if tracker is not None:
             tracker.finish(summary, {"probabilities": res.probabilities}, files)
     except BaseException:

@@ -44,25 +44,43 @@ def open_parent(uri: str, experiment: str, search_id: str, params: Mapping[str, 
 
 def log_epoch(parent_run_id: str, row: Mapping[str, float]) -> None:
     step = int(row["epoch"])
-    MlflowClient().log_batch(parent_run_id, metrics=[
-        Metric(k, float(v), pop_tracking._now_ms(), step) for k, v in row.items() if k != "epoch" and v == v
-    ])
+    MlflowClient().log_batch(
+        parent_run_id,
+        metrics=[Metric(k, float(v), pop_tracking._now_ms(), step) for k, v in row.items() if k != "epoch" and v == v],
+    )
 
 
 def log_derived(
     parent_run_id: str, exp_id: str, record: Mapping[str, Any], model: torch.nn.Module, search_id: str
 ) -> str:
     """Nested run of one retrained derived architecture (see module docstring); returns its run id."""
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"dnas-{record['spec_id']}", parent_run_id=parent_run_id,
-                          nested=True, tags={pop_tracking.SEARCH_ID_TAG: search_id, pop_tracking.ROLE_TAG: "candidate",
-                                             STRATEGY_TAG: "dnas", "naslung.spec_id": record["spec_id"]}) as run:
+    with mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=f"dnas-{record['spec_id']}",
+        parent_run_id=parent_run_id,
+        nested=True,
+        tags={
+            pop_tracking.SEARCH_ID_TAG: search_id,
+            pop_tracking.ROLE_TAG: "candidate",
+            STRATEGY_TAG: "dnas",
+            "naslung.spec_id": record["spec_id"],
+        },
+    ) as run:
         rid = run.info.run_id
         client = MlflowClient()
         params = {k: record[k] for k in ("epochs", "seed", "device", "latency_unit")}
-        params.update(spec=record["ref_string"], spec_json=json.dumps(record["spec"], sort_keys=True),
-                      spec_id=record["spec_id"], search_id=search_id, strategy="dnas")
-        metrics = {k: record[k] for k in ("accuracy", "latency", "flops", "n_params", "train_seconds", "best_epoch",
-                                          "log_prob") if k in record}
+        params.update(
+            spec=record["ref_string"],
+            spec_json=json.dumps(record["spec"], sort_keys=True),
+            spec_id=record["spec_id"],
+            search_id=search_id,
+            strategy="dnas",
+        )
+        metrics = {
+            k: record[k]
+            for k in ("accuracy", "latency", "flops", "n_params", "train_seconds", "best_epoch", "log_prob")
+            if k in record
+        }
         metrics.update({f"best_val_{k}": v for k, v in record["val_metrics"].items()})
         ts = pop_tracking._now_ms()
         batch = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if float(v) == float(v)]
@@ -96,16 +114,28 @@ def finished_derived(parent_run_id: str) -> dict[str, dict[str, Any]]:
         if "spec_json" not in p or "accuracy" not in m:
             continue
         spec = json.loads(p["spec_json"])
-        out.setdefault(p["spec_id"], {
-            "spec": spec, "spec_id": p["spec_id"], "ref_string": p.get("spec", ""), "strategy": "dnas",
-            "ops": list(spec.get("ops", [])), "accuracy": m["accuracy"], "latency": m["latency"],
-            "latency_unit": p.get("latency_unit", ""), "flops": int(m.get("flops", 0)),
-            "n_params": int(m.get("n_params", 0)),
-            "val_metrics": {k[len("best_val_"):]: v for k, v in m.items() if k.startswith("best_val_")},
-            "best_epoch": int(m.get("best_epoch", 0)), "epochs": int(p.get("epochs", 0)),
-            "seed": int(p.get("seed", 0)), "device": p.get("device", ""),
-            "train_seconds": float(m.get("train_seconds", 0.0)), "run_id": run.info.run_id,
-        })
+        out.setdefault(
+            p["spec_id"],
+            {
+                "spec": spec,
+                "spec_id": p["spec_id"],
+                "ref_string": p.get("spec", ""),
+                "strategy": "dnas",
+                "ops": list(spec.get("ops", [])),
+                "accuracy": m["accuracy"],
+                "latency": m["latency"],
+                "latency_unit": p.get("latency_unit", ""),
+                "flops": int(m.get("flops", 0)),
+                "n_params": int(m.get("n_params", 0)),
+                "val_metrics": {k[len("best_val_") :]: v for k, v in m.items() if k.startswith("best_val_")},
+                "best_epoch": int(m.get("best_epoch", 0)),
+                "epochs": int(p.get("epochs", 0)),
+                "seed": int(p.get("seed", 0)),
+                "device": p.get("device", ""),
+                "train_seconds": float(m.get("train_seconds", 0.0)),
+                "run_id": run.info.run_id,
+            },
+        )
     return out
 
 
@@ -140,5 +170,12 @@ def tracker_params(params: Any, search_id: str) -> dict[str, Any]:
     from naslung.params import to_dict
 
     flat = {f"dnas.{k}": json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in to_dict(params.dnas).items()}
-    return {**flat, "strategy": "dnas", "fold": params.search.fold, "seed": params.seed,
-            "latency_source": params.search.latency_source, "k_select": params.search.k_select, "search_id": search_id}
+    return {
+        **flat,
+        "strategy": "dnas",
+        "fold": params.search.fold,
+        "seed": params.seed,
+        "latency_source": params.search.latency_source,
+        "k_select": params.search.k_select,
+        "search_id": search_id,
+    }

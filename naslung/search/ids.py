@@ -43,14 +43,26 @@ def default_search_id(params: Params, artifacts: str | Path, strategy: str | Non
     """
     d = to_dict(params)
     strategy = strategy or params.search.strategy
-    common = {"train": d["train"], "latency": d["latency"], "seed": d["seed"],
-              "prepare_folds": d["prepare"]["n_folds"], "data": data_md5(artifacts)}
+    common = {
+        "train": d["train"],
+        "latency": d["latency"],
+        "seed": d["seed"],
+        "prepare_folds": d["prepare"]["n_folds"],
+        "data": data_md5(artifacts),
+    }
     if strategy == "pop":
-        blob = {"search": {k: v for k, v in d["search"].items() if k not in POP_NOT_IN_ID and k != "strategy"},
-                "model": d["model"], **common}
+        blob = {
+            "search": {k: v for k, v in d["search"].items() if k not in POP_NOT_IN_ID and k != "strategy"},
+            "model": d["model"],
+            **common,
+        }
         return "pop-" + _digest(blob)
     if strategy == "dnas":
-        blob = {"dnas": {k: v for k, v in d["dnas"].items() if k not in DNAS_NOT_IN_ID},
-                "fold": d["search"]["fold"], "latency_source": d["search"]["latency_source"], **common}
+        blob = {
+            "dnas": {k: v for k, v in d["dnas"].items() if k not in DNAS_NOT_IN_ID},
+            "fold": d["search"]["fold"],
+            "latency_source": d["search"]["latency_source"],
+            **common,
+        }
         return "dnas-" + _digest(blob)
     raise ValueError(f"params search.strategy: expected 'pop' or 'dnas', got {strategy!r}")

@@ -18,8 +18,21 @@ from typing import Any
 from naslung.search.plots import pareto_plot
 from naslung.search.pop import Evaluated, PopResult
 
-_KEEP = ("spec", "spec_id", "ref_string", "stages", "accuracy", "latency", "latency_unit", "flops", "n_params",
-         "val_metrics", "best_epoch", "epochs", "run_id")
+_KEEP = (
+    "spec",
+    "spec_id",
+    "ref_string",
+    "stages",
+    "accuracy",
+    "latency",
+    "latency_unit",
+    "flops",
+    "n_params",
+    "val_metrics",
+    "best_epoch",
+    "epochs",
+    "run_id",
+)
 _KEEP_DNAS = (*_KEEP, "strategy", "ops", "log_prob")
 
 
@@ -58,8 +71,9 @@ def _write(
     paths["front"].parent.mkdir(parents=True, exist_ok=True)
     paths["front"].write_text(encoding="utf-8", data=json.dumps(list(front), indent=1, default=float))
     paths["selected"].write_text(encoding="utf-8", data=json.dumps(list(selected), indent=1, default=float))
-    paths["summary"].write_text(encoding="utf-8",
-                                data=json.dumps(dict(summary), indent=1, sort_keys=True, default=float))
+    paths["summary"].write_text(
+        encoding="utf-8", data=json.dumps(dict(summary), indent=1, sort_keys=True, default=float)
+    )
     plot(paths["pareto"])
     return paths
 
@@ -73,7 +87,10 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write the four outputs of a POP search; returns their paths by name."""
     return _write(
-        out_dir, [candidate_entry(e) for e in result.front], [candidate_entry(e) for e in selected], summary,
+        out_dir,
+        [candidate_entry(e) for e in result.front],
+        [candidate_entry(e) for e in selected],
+        summary,
         lambda p: pareto_plot(result.trained, result.front, p, selected, latency_label=latency_label),
     )
 
@@ -90,12 +107,20 @@ def write_dnas_outputs(
     """Write the four outputs of a DNAS run (``pareto.png``: derived models, their front and selection,
     and ``pop_front`` — entries of an earlier POP ``front.json`` in the same latency unit — for reference)."""
     return _write(
-        out_dir, [dnas_entry(r) for r in front], [dnas_entry(r) for r in selected], summary,
+        out_dir,
+        [dnas_entry(r) for r in front],
+        [dnas_entry(r) for r in selected],
+        summary,
         lambda p: pareto_plot(
-            records, front, p, selected, latency_label=latency_label,
+            records,
+            front,
+            p,
+            selected,
+            latency_label=latency_label,
             title="DNAS: derived models (retrained)" + (" vs the POP front" if pop_front else ""),
             reference_front=pop_front,
-            trained_label="DNAS derived", front_label="DNAS front",
+            trained_label="DNAS derived",
+            front_label="DNAS front",
         ),
     )
 
@@ -113,8 +138,11 @@ def read_pop_front(path: str | Path, latency_unit: str) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         return []
     return [
-        e for e in data
-        if isinstance(e, dict) and "accuracy" in e and "latency" in e
+        e
+        for e in data
+        if isinstance(e, dict)
+        and "accuracy" in e
+        and "latency" in e
         and not (isinstance(e.get("spec"), dict) and e["spec"].get("kind") == "dnas")
         and e.get("latency_unit", latency_unit) == latency_unit
     ]

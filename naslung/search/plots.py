@@ -53,19 +53,38 @@ def pareto_plot(
     ref = sorted(reference_front, key=_lat)
     if ref:
         ax.step([_lat(e) for e in ref], [_acc(e) for e in ref], where="post", c="tab:green", lw=1.0, ls="--")
-        ax.scatter([_lat(e) for e in ref], [_acc(e) for e in ref], s=26, c="tab:green", marker="s",
-                   label=f"{reference_label} ({len(ref)})", zorder=2)
-    ax.scatter([_lat(e) for e in trained], [_acc(e) for e in trained], s=18, c="0.6",
-               label=f"{trained_label} ({len(trained)})")
+        ax.scatter(
+            [_lat(e) for e in ref],
+            [_acc(e) for e in ref],
+            s=26,
+            c="tab:green",
+            marker="s",
+            label=f"{reference_label} ({len(ref)})",
+            zorder=2,
+        )
+    ax.scatter(
+        [_lat(e) for e in trained], [_acc(e) for e in trained], s=18, c="0.6", label=f"{trained_label} ({len(trained)})"
+    )
     fr = sorted(front, key=_lat)
     if fr:
         ax.step([_lat(e) for e in fr], [_acc(e) for e in fr], where="post", c="tab:red", lw=1.2)
-        ax.scatter([_lat(e) for e in fr], [_acc(e) for e in fr], s=30, c="tab:red",
-                   label=f"{front_label} ({len(fr)})", zorder=3)
+        ax.scatter(
+            [_lat(e) for e in fr],
+            [_acc(e) for e in fr],
+            s=30,
+            c="tab:red",
+            label=f"{front_label} ({len(fr)})",
+            zorder=3,
+        )
     if selected:
         ax.scatter(
-            [_lat(e) for e in selected], [_acc(e) for e in selected], s=90, facecolors="none",
-            edgecolors="tab:blue", label=f"selected ({len(selected)})", zorder=4,
+            [_lat(e) for e in selected],
+            [_acc(e) for e in selected],
+            s=90,
+            facecolors="none",
+            edgecolors="tab:blue",
+            label=f"selected ({len(selected)})",
+            zorder=4,
         )
     lats = [_lat(e) for e in [*trained, *ref]]
     if lats and min(lats) > 0 and max(lats) / min(lats) > 20:

@@ -88,11 +88,7 @@ class PopResult:
 
 def dominates(b: Evaluated, a: Evaluated) -> bool:
     """``b`` is at least as accurate and as fast as ``a``, and strictly better in one."""
-    return (
-        b.accuracy >= a.accuracy
-        and b.latency <= a.latency
-        and (b.accuracy > a.accuracy or b.latency < a.latency)
-    )
+    return b.accuracy >= a.accuracy and b.latency <= a.latency and (b.accuracy > a.accuracy or b.latency < a.latency)
 
 
 def pareto_front(items: Iterable[Evaluated]) -> list[Evaluated]:
@@ -131,9 +127,7 @@ def covering(a: Stages, certs: Sequence[Certificate]) -> list[Certificate]:
     return [c for c in certs if precedes(a, c.upper)]
 
 
-def prune_check(
-    a: Stages, certs: Sequence[Certificate], latency_of: Callable[[Stages], float]
-) -> Certificate | None:
+def prune_check(a: Stages, certs: Sequence[Certificate], latency_of: Callable[[Stages], float]) -> Certificate | None:
     """The certificate that prunes ``a`` (A ⪯ C and lat(A) > lat(B)), or None. Latency asked only if covered."""
     cov = covering(a, certs)
     if not cov:
@@ -205,7 +199,9 @@ def run_pop(
     ``prune=False`` gives the random-search baseline (same sampler, no pruning).
     """
     if budget < 1 or batch_size < 1 or patience < 1:
-        raise ValueError(f"run_pop: budget, batch_size and patience must be >= 1 (got {budget}, {batch_size}, {patience})")
+        raise ValueError(
+            f"run_pop: budget, batch_size and patience must be >= 1 (got {budget}, {batch_size}, {patience})"
+        )
     known = dict(known or {})
     lat_cache: dict[Stages, float] = dict(latency_cache or {})
 
@@ -226,7 +222,7 @@ def run_pop(
         pruned_now = 0
         while len(batch) < min(batch_size, budget - len(result.trained)):
             in_batch = set(batch)
-            pick = sampler.draw(lambda m: m in trained_keys or m in result.pruned or m in in_batch)
+            pick = sampler.draw(lambda m: m in trained_keys or m in result.pruned or m in in_batch)  # noqa: B023
             if pick is None:
                 break
             cert = prune_check(pick, result.certificates, cached_latency) if prune else None
@@ -255,8 +251,14 @@ def run_pop(
         front_keys = keys
         result.certificates = build_certificates(result.trained)
         log = IterationLog(
-            iteration, tuple(batch), len(result.trained), result.reused, len(result.pruned), pruned_now,
-            len(result.front), changed,
+            iteration,
+            tuple(batch),
+            len(result.trained),
+            result.reused,
+            len(result.pruned),
+            pruned_now,
+            len(result.front),
+            changed,
         )
         result.iterations.append(log)
         if on_iteration is not None:

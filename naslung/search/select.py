@@ -43,7 +43,7 @@ def diverse_subset(items: Sequence[Evaluated], k: int, already: Sequence[Evaluat
         ref = chosen + picked
 
         def score(e: Evaluated) -> tuple[float, float, float]:
-            d = min(math.dist(vecs[e.stages], vecs[r.stages]) for r in ref)
+            d = min(math.dist(vecs[e.stages], vecs[r.stages]) for r in ref)  # noqa: B023
             return (d, e.accuracy, -e.latency)
 
         best = max(left, key=score)

@@ -67,7 +67,7 @@ class SearchSpace:
             )
 
     @classmethod
-    def from_params(cls, search: "SearchParams", cbam: bool = True, head: str = "asoftmax") -> "SearchSpace":
+    def from_params(cls, search: SearchParams, cbam: bool = True, head: str = "asoftmax") -> SearchSpace:
         return cls(
             widths=tuple(search.widths),
             stem=(int(search.stem[0]), int(search.stem[1])),
@@ -130,7 +130,7 @@ class SearchSpace:
         allowed = set(self.block_widths)
         if any(w not in allowed for w in flat):
             return False
-        return not self.monotone or all(a <= b for a, b in zip(flat, flat[1:]))
+        return not self.monotone or all(a <= b for a, b in itertools.pairwise(flat))
 
     # ---- enumeration -----------------------------------------------------------------------------
     def _sequences(self, s: int) -> Iterator[tuple[int, ...]]:
@@ -151,7 +151,7 @@ class SearchSpace:
         triples = list(self.depth_triples())
         weights = [self.n_sequences(sum(d)) for d in triples]
         r = rng.randrange(sum(weights))
-        for d, wgt in zip(triples, weights):
+        for d, wgt in zip(triples, weights):  # noqa: B007
             if r < wgt:
                 break
             r -= wgt
@@ -166,7 +166,7 @@ class SearchSpace:
         return split(seq, d)
 
     # ---- conversion ------------------------------------------------------------------------------
-    def to_spec(self, stages: Stages) -> "ArchSpec":
+    def to_spec(self, stages: Stages) -> ArchSpec:
         from naslung.models.spec import ArchSpec
 
         return ArchSpec(stem=self.stem, stages=stages, cbam=self.cbam, head=self.head)

@@ -29,9 +29,9 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 SEARCH_ID_TAG = "naslung.search_id"
 ROLE_TAG = "naslung.role"
@@ -100,8 +100,11 @@ def children(parent_run_id: str, status: str | None = None) -> list[Any]:
     token = None
     while True:
         page = client.search_runs(
-            [parent.info.experiment_id], filter_string=filt, order_by=["attributes.start_time ASC"],
-            max_results=1000, page_token=token,
+            [parent.info.experiment_id],
+            filter_string=filt,
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
         )
         out.extend(page)
         token = page.token
@@ -144,9 +147,7 @@ def finished_records(parent_run_id: str) -> list[dict[str, Any]]:
     return records
 
 
-def log_candidate(
-    parent_run_id: str, exp_id: str, record: Mapping[str, Any], search_id: str, iteration: int
-) -> str:
+def log_candidate(parent_run_id: str, exp_id: str, record: Mapping[str, Any], search_id: str, iteration: int) -> str:
     """One nested run for a trained candidate (see module docstring); returns its run id."""
     history = record.get("history", [])
     with mlflow.start_run(
@@ -154,8 +155,12 @@ def log_candidate(
         run_name=f"cand-{record['spec_id']}",
         parent_run_id=parent_run_id,
         nested=True,
-        tags={SEARCH_ID_TAG: search_id, ROLE_TAG: "candidate", "naslung.spec_id": record["spec_id"],
-              "naslung.iteration": str(iteration)},
+        tags={
+            SEARCH_ID_TAG: search_id,
+            ROLE_TAG: "candidate",
+            "naslung.spec_id": record["spec_id"],
+            "naslung.iteration": str(iteration),
+        },
     ) as run:
         client = MlflowClient()
         rid = run.info.run_id
@@ -217,8 +222,11 @@ def load_parent_json(parent_run_id: str, name: str) -> Any | None:
 def finish_parent(parent_run_id: str, summary: Mapping[str, Any], files: Mapping[str, Path]) -> None:
     client = MlflowClient()
     numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    client.log_batch(parent_run_id, metrics=[Metric(k, v, _now_ms(), 0) for k, v in numeric.items()],
-                     tags=[RunTag("naslung.stop_reason", str(summary.get("stop_reason", "")))])
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(k, v, _now_ms(), 0) for k, v in numeric.items()],
+        tags=[RunTag("naslung.stop_reason", str(summary.get("stop_reason", "")))],
+    )
     for path in files.values():
         client.log_artifact(parent_run_id, str(path), "search")
     client.set_terminated(parent_run_id, status=RunStatus.to_string(RunStatus.FINISHED))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 AXIS_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 """The 6 orders of the spatial axes (z, y, x) = (0, 1, 2) that ``permute_axes`` draws from."""
 
@@ -43,16 +42,14 @@ def augment_batch(
         raise ValueError(f"augment_batch: expected a batch (N, C, D, H, W), got shape {tuple(x.shape)}")
     if pad < 0:
         raise ValueError(f"augment_batch: pad must be >= 0 voxels, got {pad}")
-    n, c, d, h, w = x.shape
+    n, _c, d, h, w = x.shape
     if permute_axes and not d == h == w:
         raise ValueError(f"augment_batch: permute_axes needs cubic patches, got (D, H, W) = {(d, h, w)}")
     if pad == 0 and not flips and not permute_axes:
         return x
     xp = F.pad(x, (pad,) * 6, mode="replicate") if pad else x
     offsets = torch.randint(0, 2 * pad + 1, (n, 3), generator=generator)
-    flip = (
-        torch.rand((n, 3), generator=generator) < 0.5 if flips else torch.zeros((n, 3), dtype=torch.bool)
-    )
+    flip = torch.rand((n, 3), generator=generator) < 0.5 if flips else torch.zeros((n, 3), dtype=torch.bool)
     index = []
     for axis, size in enumerate((d, h, w)):
         ramp = torch.arange(size)

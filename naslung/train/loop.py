@@ -5,8 +5,8 @@ Inputs are numpy/torch arrays X (n, 1, 32, 32, 32) float32 in [0, 1] (z, y, x or
 this module (see :mod:`naslung.train.protocol`, whose seal ``fit`` checks).
 
 Model selection: by ``train_params.select_by`` (default validation ROC AUC, ties broken by F1, then by
-lower validation loss; see :func:`selection_key`). Training stops after ``train_params.patience`` epochs without a better
-epoch, and the returned model carries the weights of the best epoch.
+lower validation loss; see :func:`selection_key`). Training stops after ``train_params.patience`` epochs without a
+better epoch, and the returned model carries the weights of the best epoch.
 
 Determinism: with the same seed, data and device, two CPU fits give bitwise identical weights (weights are
 initialised after ``torch.manual_seed(seed)``; shuffling and augmentation use a private generator).
@@ -191,7 +191,13 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch, best_row, since_best = 0, {}, 0
     start = time.perf_counter()
-    bar = tqdm(range(1, n_epochs + 1), desc=f"fit {getattr(spec, 'spec_id', '')}", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(
+        range(1, n_epochs + 1),
+        desc=f"fit {getattr(spec, 'spec_id', '')}",
+        unit="epoch",
+        disable=not progress,
+        leave=False,
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
@@ -202,7 +208,9 @@ def fit(
             if idx.numel() < 2 and perm.numel() >= 2:  # BatchNorm needs 2+ samples; drop a last singleton
                 continue
             idx = idx.to(Xtr.device)
-            xb = augment_batch(Xtr[idx], gen, pad=train_params.pad, flips=train_params.flips, permute_axes=train_params.permute_axes).to(device)
+            xb = augment_batch(
+                Xtr[idx], gen, pad=train_params.pad, flips=train_params.flips, permute_axes=train_params.permute_axes
+            ).to(device)
             yb = ytr[idx].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model.forward_train(xb), yb)
@@ -256,4 +264,3 @@ def fit_dev(
     if not isinstance(dev, DevData):
         raise TypeError(f"fit_dev: expected DevData, got {type(dev).__name__}")
     return fit(spec, dev.train, dev.val, model_params, train_params, **kwargs)
-

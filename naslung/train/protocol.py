@@ -16,6 +16,7 @@ The reference NAS-Lung protocol (best epoch picked on the test fold) therefore c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -170,7 +171,7 @@ class HeldOutTest:
             _unseal(self._digests)
             self._sealed = False
 
-    def __enter__(self) -> "HeldOutTest":
+    def __enter__(self) -> HeldOutTest:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,10 +179,8 @@ class HeldOutTest:
         self.release()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # pragma: no cover - interpreter shutdown
             self.release()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     def evaluate(
         self,

@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from naslung.data.baseline import diameter_baseline_folds
 from naslung.features import davies_bouldin, table_markdown, tsne_embedding
 from naslung.latency import measure_batches
 from naslung.metrics import METRIC_NAMES
 from naslung.models.complexity import count_params
 from naslung.models.factory import AnySpec, spec_flops, spec_summary
 from naslung.models.spec import ArchSpec
-from naslung.data.baseline import diameter_baseline_folds
 from naslung.params import Params, to_dict
 from naslung.plots import confusion_png, curves_png, roc_png, tsne_png
 from naslung.train.loop import FitResult, extract_features, fit, predict_proba, resolve_device
@@ -250,22 +250,44 @@ def run_cv(
         tracking.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
         parent = tracking.training_run(
             f"cv-{spec.spec_id}-{spec.head}{'-cbam' if spec.cbam else ''}",
-            {"spec": spec.ref_string(), "spec_id": spec.spec_id, "folds": list(folds), "loss": spec.head, "cbam": spec.cbam},
+            {
+                "spec": spec.ref_string(),
+                "spec_id": spec.spec_id,
+                "folds": list(folds),
+                "loss": spec.head,
+                "cbam": spec.cbam,
+            },
             {"naslung.spec_id": spec.spec_id, "naslung.kind": "cv"},
         )
     with parent as parent_id:
         for fold in folds:
             out = run_training(
-                params, spec, fold, epochs=epochs, device=device, artifacts=root, log=log,
-                progress=progress, parent_run_id=parent_id, store=store,
+                params,
+                spec,
+                fold,
+                epochs=epochs,
+                device=device,
+                artifacts=root,
+                log=log,
+                progress=progress,
+                parent_run_id=parent_id,
+                store=store,
             )
             rows.append({"fold": fold, **out.summary()})
             if progress:  # one line per finished fold, so a long cross-validation shows where it stands
                 t = out.test.metrics
-                print(f"fold {fold}: test accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, "
-                      f"specificity {t['specificity']:.3f}, F1 {t['f1']:.3f}, AUC {t['auc']:.3f} "
-                      f"(best epoch {out.fit.best_epoch})", flush=True)
-        summary: dict[str, Any] = {"spec": spec.to_dict(), "spec_id": spec.spec_id, "ref": spec.ref_string(), "folds": rows}
+                print(
+                    f"fold {fold}: test accuracy {t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, "
+                    f"specificity {t['specificity']:.3f}, F1 {t['f1']:.3f}, AUC {t['auc']:.3f} "
+                    f"(best epoch {out.fit.best_epoch})",
+                    flush=True,
+                )
+        summary: dict[str, Any] = {
+            "spec": spec.to_dict(),
+            "spec_id": spec.spec_id,
+            "ref": spec.ref_string(),
+            "folds": rows,
+        }
         agg = {}
         for name in METRIC_NAMES:
             mean, std = _mean_std([r["test"][name] for r in rows])
@@ -290,7 +312,9 @@ def cv_table(summary: dict[str, Any]) -> str:
     head = f"{'fold':>4} " + " ".join(f"{n:>11}" for n in METRIC_NAMES) + f" {'best_ep':>7}"
     lines = [head]
     for r in summary["folds"]:
-        lines.append(f"{r['fold']:>4} " + " ".join(f"{r['test'][n]:>11.3f}" for n in METRIC_NAMES) + f" {r['best_epoch']:>7}")
+        lines.append(
+            f"{r['fold']:>4} " + " ".join(f"{r['test'][n]:>11.3f}" for n in METRIC_NAMES) + f" {r['best_epoch']:>7}"
+        )
     agg = summary["test_mean_std"]
     lines.append(f"{'mean':>4} " + " ".join(f"{agg[n]['mean']:>5.3f}±{agg[n]['std']:<5.3f}" for n in METRIC_NAMES))
     return "\n".join(lines)
@@ -321,8 +345,16 @@ def compare_heads(
     for head, label in (("linear", "softmax"), ("asoftmax", "A-Softmax")):
         s = dataclasses.replace(spec, head=head)
         res = run_training(
-            params, s, fold, epochs=epochs, device=device, artifacts=root, log=log,
-            want_features=True, progress=progress, store=store,
+            params,
+            s,
+            fold,
+            epochs=epochs,
+            device=device,
+            artifacts=root,
+            log=log,
+            want_features=True,
+            progress=progress,
+            store=store,
         )
         feats = res.test.features
         assert feats is not None
