@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, cast, get_type_hints
 
 import yaml
 
@@ -307,7 +307,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"params: '{where}' must be a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return _build(cast(type, tp), value, where)  # tp is a type hint: a dataclass class
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         # e.g. ``str | tuple[str, ...]``: a YAML list becomes the tuple member, anything else stays as it is
         if isinstance(value, (list, tuple)):
@@ -317,7 +317,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     origin = getattr(tp, "__origin__", None)
     if origin is tuple:
-        args = getattr(tp, "__args__", ())
+        args: tuple[Any, ...] = getattr(tp, "__args__", ())
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
             return tuple(_coerce(args[0], v, where) for v in value)
         if args and len(args) == len(value):  # tuple[X, Y]

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -267,7 +267,8 @@ def _resume(out: Path, frame: pd.DataFrame, columns: tuple[str, ...] = RESULT_CO
     if EXPLAIN_COLUMN in names:
         pngs = old[names[EXPLAIN_COLUMN]].to_numpy()
         ok &= np.array([bool(p) and (out.parent / p).is_file() for p in pngs], dtype=bool)
-    return {int(i): {c: old.at[i, n] for c, n in names.items()} for i in np.nonzero(ok)[0]}
+    # read with dtype=str and keep_default_na=False, so every cell is a str (pandas-stubs: any Scalar)
+    return {int(i): {c: cast(str, old.at[i, n]) for c, n in names.items()} for i in np.nonzero(ok)[0]}
 
 
 def _write(out: Path, frame: pd.DataFrame, results: dict[str, list[Any]]) -> None:
@@ -350,7 +351,7 @@ def score_csv(
     todo = [i for i in range(n) if i not in done and i not in check.row_errors]
     groups: dict[str, list[int]] = {}
     for i in todo:
-        groups.setdefault(frame.at[i, "seriesuid"].strip(), []).append(i)
+        groups.setdefault(cast(str, frame.at[i, "seriesuid"]).strip(), []).append(i)  # str cells (checked CSV)
 
     bar = tqdm(total=n, unit="rows", desc=f"score {csv_path.name}", disable=not progress, smoothing=0.1)
     bar.update(n - len(todo))
@@ -462,7 +463,7 @@ def score_csv(
                 continue
             t = time.perf_counter()
             try:
-                image = read_scan(path)
+                image = read_scan(cast(Path, path))  # not None: reason is None here
             except ScanError as exc:
                 for r in rows:
                     fail(r, f"row {r + 1}: {exc}")

@@ -37,7 +37,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -278,7 +278,7 @@ def score_requests(
                 continue
         start = 0
         for i in idx:
-            n = len(decoded[i])
+            n = len(cast(np.ndarray, decoded[i]))  # idx holds only the decoded arrays
             out[i] = (200, results[start : start + n])
             start += n
     return out

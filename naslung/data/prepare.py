@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -84,14 +84,15 @@ def prepare(
     def reject(row: dict[str, Any], reason: str) -> None:
         rejects.append({k: row.get(k) for k in REJECT_COLUMNS[:-1]} | {"reason": reason})
 
-    for row in ann.to_dict("records"):
+    # pandas-stubs types record keys as Hashable; read_annotations gives string column names.
+    for row in cast("list[dict[str, Any]]", ann.to_dict("records")):
         if row["error"]:
             reject(row, row["error"])
             continue
         label, why = row_label(row["reader_scores"], row["given_label"])
         if label is None:
-            scores = ";".join(map(str, row["reader_scores"])) or "none"
-            reject(row, f"{why}: reader scores {scores}, source row {row['source_row']}")
+            score_text = ";".join(map(str, row["reader_scores"])) or "none"
+            reject(row, f"{why}: reader scores {score_text}, source row {row['source_row']}")
             continue
         if row["seriesuid"] not in index:
             reject(row, f"no scan for series uid: {row['seriesuid']} not found under {raw_dir}")

@@ -249,7 +249,7 @@ def _subset_of(path: Path, root: Path) -> int | None:
 
 def _walk(root: Path) -> list[Path]:
     """Every file below ``root`` (symlinked folders followed), sorted."""
-    out = []
+    out: list[Path] = []
     for dirpath, _dirs, files in os.walk(root, followlinks=True):
         out.extend(Path(dirpath) / f for f in files)
     return sorted(out)

@@ -326,7 +326,7 @@ def sample_vessel_tree(rng: np.random.Generator, layout: ScanLayout) -> list[Seg
                 length = float(rng.uniform(3.0, 5.0) * r + 4.0)
                 q = p + d * length
                 r_end = r * 0.95
-                segments.append(Segment(tuple(p), tuple(q), r, r_end))  # type: ignore[arg-type]
+                segments.append(Segment(tuple(p), tuple(q), r, r_end))
                 inside = float(lung_depth_mm(th, q[0], q[1], q[2])) > -1.0
                 if r_end < 0.6 or depth >= 11 or not inside:
                     continue

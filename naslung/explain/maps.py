@@ -20,9 +20,9 @@ unless a class is given).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -98,7 +98,8 @@ def _member_maps(
     try:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size].to(dev)
-            out = model.forward_maps(xb)
+            # nn.Module.__getattr__ is typed Tensor | Module; forward_maps is checked above to exist.
+            out = cast("Callable[[torch.Tensor], dict[str, Any]]", model.forward_maps)(xb)
             probs.append(torch.softmax(out["logits"].float(), 1)[:, 1].cpu())
             fm = out["feature_maps"].float()
             cam = torch.einsum("kc,ncdhw->nkdhw", W.float(), fm)
@@ -147,7 +148,9 @@ def explain(
     rows = np.arange(n)
     cam = np.mean([c[rows, tgt] for _, c, _ in per], axis=0).astype(np.float32)
     atts = [a for _, _, a in per]
-    att = np.mean(atts, axis=0).astype(np.float32) if all(a is not None for a in atts) else None
+    att = (
+        np.mean(cast("list[np.ndarray]", atts), axis=0).astype(np.float32) if all(a is not None for a in atts) else None
+    )
     return Explanation(prob, tgt, cam, att, member_probs)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 
 def sphere_mask(
-    diameter_mm: float, size: int = 32, spacing_mm: float = 1.0, centre_zyx: Sequence[float] | None = None
+    diameter_mm: float, size: int = 32, spacing_mm: float = 1.0, centre_zyx: Sequence[float] | np.ndarray | None = None
 ) -> np.ndarray:
     """Bool ``(size,)*3`` mask of a sphere of ``diameter_mm`` (mm) centred at ``centre_zyx`` (voxels;
     default the patch centre ``(size - 1) / 2``). At least the centre voxel is always inside."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
+    from naslung.models.mbconv import DnasArch
     from naslung.models.spec import ArchSpec
     from naslung.params import ModelParams
 
@@ -163,7 +164,7 @@ class SoftmaxLoss(nn.Module):
         return F.cross_entropy(logits, target.long())
 
 
-def build_loss(spec: ArchSpec, model_params: ModelParams) -> nn.Module:
+def build_loss(spec: ArchSpec | DnasArch, model_params: ModelParams) -> nn.Module:
     """Loss for ``spec.head``: :class:`ASoftmaxLoss` (λ schedule from ``model_params``) or :class:`SoftmaxLoss`."""
     if spec.head == "asoftmax":
         return ASoftmaxLoss(

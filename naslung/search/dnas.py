@@ -39,7 +39,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, k: int, mixed: str = "all") -> torch.Tensor:
         if mixed == "all":
-            return sum(h[j] * op(x) for j, op in enumerate(self.ops))  # type: ignore[return-value]
+            return sum(h[j] * op(x) for j, op in enumerate(self.ops))
         return h[k] * self.ops[k](x)
 
 
@@ -134,7 +134,9 @@ class Supernet(nn.Module):
         self.cells = nn.ModuleList(
             MixedOp(space.candidates(i), ci, co, s) for i, (ci, co, s) in enumerate(space.layer_io())
         )
-        self.alphas = nn.ParameterList(nn.Parameter(1e-3 * torch.randn(len(c.names))) for c in self.cells)
+        self.alphas = nn.ParameterList(
+            nn.Parameter(1e-3 * torch.randn(len(cast(MixedOp, c).names))) for c in self.cells
+        )
         self.head_conv = head_conv_block(space.layers[-1][0], space.head_channels)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.head = nn.Linear(space.head_channels, N_CLASSES)
@@ -165,7 +167,8 @@ class Supernet(nn.Module):
 def derive(supernet: Supernet) -> DnasArch:
     """The argmax-α architecture."""
     return DnasArch(
-        supernet.space, tuple(c.names[int(a.detach().argmax())] for c, a in zip(supernet.cells, supernet.alphas))
+        supernet.space,
+        tuple(cast(MixedOp, c).names[int(a.detach().argmax())] for c, a in zip(supernet.cells, supernet.alphas)),
     )
 
 
@@ -178,7 +181,10 @@ def derive_top(supernet: Supernet, k: int = 1) -> list[tuple[DnasArch, float]]:
         beams = sorted(((s + float(logp[j]), (*ops, j)) for s, ops in beams for j in range(len(p))), reverse=True)[
             : max(1, k)
         ]
-    return [(DnasArch(supernet.space, tuple(c.names[j] for c, j in zip(supernet.cells, ops))), s) for s, ops in beams]
+    return [
+        (DnasArch(supernet.space, tuple(cast(MixedOp, c).names[j] for c, j in zip(supernet.cells, ops))), s)
+        for s, ops in beams
+    ]
 
 
 # --------------------------------------------------------------------------------------------- search

@@ -27,9 +27,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # pragma: no cover
     from naslung.models.spec import ArchSpec
@@ -121,7 +121,8 @@ class SearchSpace:
     # ---- membership ------------------------------------------------------------------------------
     def __contains__(self, stages: object) -> bool:
         try:
-            parts = tuple(tuple(int(w) for w in st) for st in stages)  # type: ignore[union-attr]
+            # any object may be asked about; a non-iterable one raises TypeError, caught below
+            parts = tuple(tuple(int(w) for w in st) for st in cast("Iterable[Iterable[Any]]", stages))
         except TypeError:
             return False
         if len(parts) != 3 or not self.depth_ok((len(parts[0]), len(parts[1]), len(parts[2]))):

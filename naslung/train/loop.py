@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from naslung.train.augment import augment_batch
 from naslung.train.protocol import DevData, HeldOutTest, ProtocolError, check_not_sealed
 
 ArrayPair = tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]
+_TensorFn = Callable[[torch.Tensor], torch.Tensor]
+"""Type of the model methods called here (``features``, ``forward_train``): ``nn.Module.__getattr__`` is typed
+``Tensor | Module``."""
 
 
 @dataclass
@@ -103,7 +106,10 @@ def extract_features(
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32) if not isinstance(X, torch.Tensor) else X).float()
     if Xt.ndim == 4:
         Xt = Xt.unsqueeze(1)
-    out = [model.features(Xt[i : i + batch_size].to(device)).float().cpu() for i in range(0, Xt.shape[0], batch_size)]
+    out = [
+        cast(_TensorFn, model.features)(Xt[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, Xt.shape[0], batch_size)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -115,7 +121,7 @@ def _evaluate(
     total, probs = 0.0, []
     for i in range(0, X.shape[0], batch_size):
         xb, yb = X[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        total += float(loss_fn(model.forward_train(xb), yb)) * xb.shape[0]
+        total += float(loss_fn(cast(_TensorFn, model.forward_train)(xb), yb)) * xb.shape[0]
         probs.append(torch.softmax(model(xb).float(), dim=1)[:, 1].cpu())
     return total / X.shape[0], torch.cat(probs).numpy()
 
@@ -174,7 +180,10 @@ def fit(
     model = build(spec, margin_m=model_params.margin_m).to(device)
     loss_fn = build_loss(spec, model_params).to(device)
     opt = torch.optim.Adam(
-        model.parameters(), lr=train_params.lr, betas=tuple(train_params.betas), weight_decay=train_params.weight_decay
+        model.parameters(),
+        lr=train_params.lr,
+        betas=cast("tuple[float, float]", tuple(train_params.betas)),
+        weight_decay=train_params.weight_decay,
     )
     if train_params.lr_schedule == "cosine":
         schedule: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
@@ -213,11 +222,11 @@ def fit(
             ).to(device)
             yb = ytr[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model.forward_train(xb), yb)
+            loss = loss_fn(cast(_TensorFn, model.forward_train)(xb), yb)
             loss.backward()
             opt.step()
             if hasattr(loss_fn, "step"):
-                loss_fn.step()
+                cast("Callable[[], object]", loss_fn.step)()
             running += float(loss.detach()) * idx.numel()
             seen += idx.numel()
         val_loss, val_prob = _evaluate(model, loss_fn, Xva, yva, device, max(bs, 64))

@@ -31,7 +31,7 @@ class ProtocolError(RuntimeError):
 
 
 class _Store(Protocol):  # the part of naslung.data.store.PatchStore used here
-    def arrays(self, folds: Sequence[int]) -> tuple[np.ndarray, np.ndarray, Sequence[Any]]: ...
+    def arrays(self, folds: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | Sequence[Any]]: ...
 
 
 @dataclass(frozen=True)
