@@ -1,6 +1,7 @@
 # NASLung — the two entry points of the README:
-#   make main   set up (venv, pinned deps, Java check) and run the pipeline end to end on the embedded data
-#   make test   set up and run the test suite
+#   make main   set up (venv from requirements.lock, Java check) and run the pipeline end to end on the embedded data
+#   make test   set up, lint (ruff, mypy, import contracts) and run the whole test suite
+# Also: make test-fast (lint + the tests that start no server), make lint, make lock (re-resolve requirements.lock).
 # Elsewhere than this workplace, get torch's CPU build from PyTorch's index:
 #   make main PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 
@@ -14,17 +15,28 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUTF8 := 1
+# Prefect's ephemeral API may need 20-40 s to start on a loaded 2-core machine (naslung sets the same default).
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
+EXTRAS := serve,dask,postgres,dev
 
-.PHONY: setup java main test synth repro clean-artifacts
+.PHONY: setup java main test test-fast lint lock synth repro clean-artifacts
 
 setup: $(VENV)/.installed java
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# Every package from the lock (hash-checked), then the project with its dependencies resolved against them;
+# then Prefect's database is created and migrated, so the first flow run does not do it.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip check
+	$(BIN)/prefect server database upgrade -y >/dev/null
 	touch $@
+
+# Re-resolve the lock from pyproject.toml under the verified pins (keeps existing pins; add --upgrade to move).
+lock: $(VENV)/.installed
+	pip-compile --quiet --all-extras --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links -c constraints.txt -o requirements.lock pyproject.toml
 
 # TorchServe needs Java 17+: install it where we may (root on Debian/Ubuntu), else say what is missing.
 java:
@@ -43,10 +55,20 @@ repro: setup
 main: setup synth repro
 	dvc status
 
+lint: $(VENV)/.installed
+	ruff check .
+	ruff format --check .
+	mypy
+	lint-imports
+
 # Registry tests also run against PostgreSQL when one can be had on 127.0.0.1 (scripts/postgres-url.sh).
-test: setup
+test: setup lint
 	NASLUNG_TEST_POSTGRES_URL="$${NASLUNG_TEST_POSTGRES_URL:-$$(scripts/postgres-url.sh)}" \
 	  pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# No servers (MLflow server, Prefect, DVC, TorchServe, PostgreSQL): the unit, data and model tests.
+test-fast: $(VENV)/.installed lint
+	pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
 
 clean-artifacts:
 	rm -rf artifacts search

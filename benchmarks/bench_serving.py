@@ -32,9 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPECS = (  # Model-1-sized members (27-45 M multiply-adds per nodule each), as a latency-aware search picks
     "spcbam[4, 4, [4, 4], [4, 8], [8, 8]]",
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from naslung.commands import serve as S
+    from naslung import torchserve as S
     from naslung.params import load_params
     from naslung.score_csv import ServingClient, score_csv
 

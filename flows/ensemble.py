@@ -13,7 +13,7 @@ Flows (each takes the path of a params file; tasks pass paths / ids / small dict
 
 Deployment: ``python -m flows.ensemble serve [--params params.yaml]`` serves ``retrain`` with the cron
 schedule ``registry.cron`` (concurrency 1) against ``PREFECT_API_URL`` (a ``prefect server start`` on
-127.0.0.1) — or, with no API URL set, Prefect's ephemeral API.
+127.0.0.1); without one it stops with a one-line error (see :func:`flows.require_api_server`).
 """
 
 from __future__ import annotations
@@ -26,19 +26,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-}.items():
-    os.environ.setdefault(_k, _v)
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from naslung.params import Params, load_params  # noqa: E402
+from flows import require_api_server
+from naslung.params import Params, load_params
 
 
 def _params(params_path: str) -> Params:
@@ -66,10 +58,11 @@ def validate_data(params_path: str) -> dict[str, Any]:
 )
 def train_member_task(params_path: str, spec_json: str, spec_id: str, fold: int, data_hash: str) -> dict[str, Any]:
     """Train one member (or return it from the on-disk cache); returns its record as a dict."""
+    from naslung import tracking
     from naslung.ensemble.training import train_member
     from naslung.models.factory import spec_from_json
 
-    rec = train_member(_params(params_path), spec_from_json(spec_json), fold, data_hash, log=True)
+    rec = train_member(_params(params_path), spec_from_json(spec_json), fold, data_hash, tracker=tracking)
     if rec.cached:
         print(f"member {spec_id} fold {fold}: cached ({rec.dir})")
     return asdict(rec)
@@ -170,6 +163,7 @@ def retrain(params_path: str = "params.yaml", rerun_search: bool | None = None) 
 
 def serve(params_path: str = "params.yaml", cron: str | None = None, name: str | None = None) -> None:
     """Serve the ``retrain`` deployment (cron ``registry.cron``, one run at a time) until interrupted."""
+    require_api_server("retrain")
     params = _params(params_path)
     retrain.serve(
         name=name or params.registry.deployment,

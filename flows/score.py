@@ -25,26 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-}.items():
-    os.environ.setdefault(_k, _v)
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
-from prefect import flow, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from naslung.params import load_params  # noqa: E402
+from flows import require_api_server
+from naslung.params import load_params
 
 
 def score_file(params_path: str, csv_path: str, scans_dir: str, out_path: str, explain: bool = False) -> dict[str, Any]:
     """Score one CSV through the running TorchServe (with CAM overlays when ``explain``); returns the
     summary as a small dict."""
-    from naslung.commands.serve import model_name_of, read_inference_key, serve_dir
     from naslung.score_csv import ServingClient, score_csv
+    from naslung.torchserve import model_name_of, read_inference_key, serve_dir
 
     params = load_params(params_path)
     s = params.serve
@@ -126,6 +118,7 @@ def score_folder(
 
 def serve(params_path: str = "params.yaml", cron: str | None = None, name: str = "score-folder") -> None:
     """Serve the ``score_folder`` deployment (cron ``serve.score_cron``, one run at a time) until interrupted."""
+    require_api_server("score_folder")
     params = load_params(params_path)
     score_folder.serve(
         name=name,

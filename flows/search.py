@@ -31,23 +31,15 @@ the same command on the same data after a crash resumes it, and a larger budget 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_k, _v)
+from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect import flow, task  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from naslung.params import SEARCH_STRATEGIES, Params, parse_params, to_dict  # noqa: E402
-from naslung.search import ids  # noqa: E402
+from naslung.params import SEARCH_STRATEGIES, Params, parse_params, to_dict
+from naslung.search import ids
 
 
 def default_search_id(params: Params, artifacts: str) -> str:
@@ -330,21 +322,3 @@ def run_search(
         tracking_uri=params.mlflow_uri,
         progress=progress,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.search [--params FILE] [naslung search options]`` — the flow without the full CLI."""
-    import argparse
-
-    from naslung.commands.search import add_arguments, run
-
-    parser = argparse.ArgumentParser(prog="python -m flows.search", description="search flow (POP or DNAS)")
-    parser.add_argument("--params", default=os.environ.get("NASLUNG_PARAMS", "params.yaml"))
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    sys.exit(main())

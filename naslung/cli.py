@@ -16,16 +16,6 @@ from collections.abc import Sequence
 
 from naslung.commands import AREAS
 
-# Telemetry off for every library the platform drives (see docs: stack notes).
-for _key, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -378,14 +376,8 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
                 artifacts={"ensemble": str(model_dir), "model_card": str(card_path)},
                 signature=signature(ensemble.member_names),
                 input_example=input_example(),
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    "numpy",
-                    "pandas",
-                    f"mlflow=={mlflow.__version__}",
-                    "naslung",
-                ],
                 registered_model_name=name,
+                **tracking.model_environment(),
             )
         version = str(info.registered_model_version)
     client = MlflowClient()

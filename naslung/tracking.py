@@ -28,8 +28,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 import mlflow
 import mlflow.pyfunc
 import numpy as np
@@ -48,7 +46,6 @@ INPUT_SHAPE = (-1, 1, 32, 32, 32)
 def set_uri(uri: str | None) -> str:
     """Point MLflow tracking and registry at ``MLFLOW_TRACKING_URI`` or ``uri`` (default the embedded
     ``sqlite:///mlflow/mlflow.db``), creating a sqlite database's folder; returns the URI in use."""
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     resolved = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow/mlflow.db"
     if resolved.startswith("sqlite:///"):
         Path(resolved[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +153,26 @@ def model_signature() -> ModelSignature:
     )
 
 
+MODEL_REQUIREMENTS = ("torch", "numpy", "pandas", "mlflow", "PyYAML", "scipy", "tqdm")
+"""Distributions a logged NASLung model needs at load time besides its own code (pinned to the versions in use)."""
+
+
+def model_environment() -> dict[str, Any]:
+    """``code_paths`` and ``pip_requirements`` for ``mlflow.pyfunc.log_model`` of a NASLung model.
+
+    The ``naslung`` package itself travels with the model (``code_paths``: MLflow puts it on ``sys.path`` at
+    load), so the model's environment names only distributions a package index serves: ``mlflow models
+    serve`` or ``mlflow.pyfunc.load_model`` in a fresh environment resolve it, and the code that loads the
+    weights is the code that wrote them. torch is pinned without its local build label (``+cpu``).
+    """
+    import importlib.metadata
+
+    import naslung
+
+    reqs = [f"{d}=={importlib.metadata.version(d).split('+')[0]}" for d in MODEL_REQUIREMENTS]
+    return {"code_paths": [str(Path(naslung.__file__).resolve().parent)], "pip_requirements": reqs}
+
+
 def log_model(model: torch.nn.Module, spec: Any, margin_m: int, name: str = MODEL_NAME) -> str:
     """Log ``model`` as a :class:`NASLungPyfunc` under the active run; returns the model URI."""
     with tempfile.TemporaryDirectory(prefix="naslung-model-") as tmp:
@@ -172,11 +189,7 @@ def log_model(model: torch.nn.Module, spec: Any, margin_m: int, name: str = MODE
                 python_model=NASLungPyfunc(),
                 artifacts={"weights": str(weights), "spec": str(spec_path)},
                 signature=model_signature(),
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    "numpy",
-                    f"mlflow=={mlflow.__version__}",
-                ],
+                **model_environment(),
             )
     return info.model_uri
 

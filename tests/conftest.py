@@ -1,8 +1,11 @@
 """Test-session settings shared by every test module.
 
-Telemetry is off for every library; Prefect gets a private PREFECT_HOME per test session (set before
-Prefect is imported anywhere); MLflow never falls back to ./mlflow.db; the real LIDC data is found
-beside the repository at ../shared/data (CI has it at the same place).
+Telemetry is off for every library and Prefect's ephemeral API gets a long start-up wait (``naslung``'s
+process defaults, :mod:`naslung.environment`); Prefect gets a private PREFECT_HOME per test session (set
+before Prefect is imported anywhere), so nothing depends on ``~/.prefect``; MLflow never falls back to
+./mlflow.db; torch runs one thread with deterministic algorithms, so a seeded test computes the same on
+every run of a machine; the real LIDC data is found beside the repository at ../shared/data (CI has it at
+the same place).
 """
 
 from __future__ import annotations
@@ -14,17 +17,14 @@ from pathlib import Path
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="naslung-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")  # never the user's ~/.prefect or $PREFECT_HOME
 for key, value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
     "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION_DIR / 'mlflow.db'}",
     "OMP_NUM_THREADS": "1",
 }.items():
     os.environ.setdefault(key, value)
+
+import naslung  # noqa: E402, F401  (the engines' environment defaults, before any engine is imported)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -45,3 +45,17 @@ def _torch_threads() -> None:
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# Tests that start a server (MLflow server, Prefect, DVC in a git repo, TorchServe, PostgreSQL) are marked
+# ``integration``; ``make test-fast`` runs the others.
+_SERVER_MODULES = {"test_retrain_flow", "test_search_flow", "test_pipeline_dvc", "test_tracking", "test_registry"}
+_SERVER_FIXTURES = {"test_serving": {"env", "client"}}  # test_serving's running TorchServe
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in _SERVER_MODULES or _SERVER_FIXTURES.get(module, set()) & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)

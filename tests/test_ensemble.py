@@ -180,7 +180,7 @@ def test_constant_members_vote(tmp_path: Path) -> None:
 
 def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     params = load_params(make_project(tmp_path))
-    index = train_ensemble(params, log=False, progress=False)
+    index = train_ensemble(params, progress=False)
     assert len(index["members"]) == 3 * 2 and not any(m["cached"] for m in index["members"])
     # every member of fold k was trained without fold k: its split is recorded with the member
     for m in index["members"]:
@@ -191,7 +191,7 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     weights = [Path(m["dir"]) / "weights.pt" for m in index["members"]]
     mtimes = [w.stat().st_mtime_ns for w in weights]
 
-    again = train_ensemble(params, log=False, progress=False)  # re-run: everything from the cache
+    again = train_ensemble(params, progress=False)  # re-run: everything from the cache
     assert all(m["cached"] for m in again["members"])
     assert [w.stat().st_mtime_ns for w in weights] == mtimes
 
@@ -220,7 +220,7 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
 
     # a new fold later: only those members train
     changed = params.replace(ensemble=type(params.ensemble)(**{**params.ensemble.__dict__, "folds": (1, 3)}))
-    third = train_ensemble(changed, log=False, progress=False)  # new fold 3: only those members train
+    third = train_ensemble(changed, progress=False)  # new fold 3: only those members train
     assert sorted((m["fold"], m["cached"]) for m in third["members"]) == sorted([(1, True)] * 3 + [(3, False)] * 3)
 
 
@@ -301,7 +301,7 @@ def test_train_mixed_ensemble_pop_and_dnas_members(tmp_path: Path) -> None:
     from naslung.models.net import NASLungNet
 
     params = load_params(make_project(tmp_path, specs=[TINY[0], DNAS_ARCH], folds=[1]))
-    index = train_ensemble(params, log=False, progress=False)
+    index = train_ensemble(params, progress=False)
     assert len(index["members"]) == 2 and not any(m["cached"] for m in index["members"])
     names = [m["name"] for m in index["members"]]
     assert names[0].startswith("m1-") and names[1].startswith("d-")
@@ -309,7 +309,7 @@ def test_train_mixed_ensemble_pop_and_dnas_members(tmp_path: Path) -> None:
     assert index["members"][1]["flops"] > 0 and index["members"][1]["n_params"] > 0
     ens = Ensemble.load(index["model_dir"])
     assert [type(m) for m in ens.members] == [NASLungNet, DnasNet]
-    again = train_ensemble(params, log=False, progress=False)
+    again = train_ensemble(params, progress=False)
     assert all(m["cached"] for m in again["members"])
     result = evaluate_ensemble(params)
     assert result["n_members"] == 2 and set(result["member_names"]) == set(names)

@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from test_ensemble import constant_ensemble, make_project
 
-from naslung import registry
+from naslung import registry, tracking
 from naslung.ensemble.evaluation import evaluate_ensemble
 from naslung.ensemble.training import data_version, member_specs, train_ensemble
 from naslung.params import Params, load_params
@@ -108,7 +108,7 @@ def test_registered_version_carries_lineage_and_predicts(tmp_path: Path) -> None
     (out / "selected.json").write_text(json.dumps(list(params.ensemble.specs)))  # members come from "the search"
     params = params.replace(ensemble=replace(params.ensemble, specs=(), members=str(out / "selected.json")))
     _write_validation(params, True)
-    index = train_ensemble(params, log=True, progress=False)
+    index = train_ensemble(params, tracker=tracking, progress=False)
     evaluate_ensemble(params)
     reg = registry.register(params)
 
@@ -142,6 +142,13 @@ def test_registered_version_carries_lineage_and_predicts(tmp_path: Path) -> None
     all_cbam = all(s.cbam for s in member_specs(params))  # attention maps need CBAM in every member
     assert "CAM" in summary and ("attention" in summary) == all_cbam == (panel / "panel_attention.png").is_file()
     assert client.get_run(reg.run_id).data.metrics["explain.CAM_mass_ratio"] > 0
+
+    # The model's environment resolves from a package index: the naslung code travels with the model.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@challenger", dst_path=str(tmp_path / "m")))
+    reqs = (local / "requirements.txt").read_text().split()
+    assert not [r for r in reqs if r.split("==")[0].lower() == "naslung"], reqs
+    assert {r.split("==")[0] for r in reqs} >= {"torch", "numpy", "pandas", "mlflow"}
+    assert (local / "code" / "naslung" / "ensemble" / "model.py").is_file()
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
     sig = model.metadata.get_input_schema().inputs[0]

@@ -131,9 +131,10 @@ def test_killed_search_resumes_without_retraining(tmp_path: Path, store: Path, h
     cmd = [
         sys.executable,
         "-m",
-        "flows.search",
+        "naslung.cli",
         "--params",
         str(pfile),
+        "search",
         "--search-id",
         sid,
         "--artifacts",

@@ -33,10 +33,7 @@ LIDC_NODULE = (56.21, 86.34, -115.87)
 SYNTH_UID = "1.2.826.0.1.3680043.8.498.99999999"
 SPEC = "[4, 4, [4, 4], [4, 8], [8, 8]]"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("java") is None and not Path("/usr/bin/java").exists(),
-    reason="TorchServe needs Java 17 (no java found)",
-)
+HAS_JAVA = shutil.which("java") is not None or Path("/usr/bin/java").exists()
 
 
 # ------------------------------------------------------------------------------------ unit: payloads
@@ -184,11 +181,13 @@ def _synthetic_scan(path: Path) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
     """Registered ensemble (v1 champion, v2 challenger), packaged champion, running TorchServe."""
+    if not HAS_JAVA:
+        pytest.skip("TorchServe needs Java 17 (no java found)")
     import mlflow
     from mlflow import MlflowClient
 
-    from naslung import registry
-    from naslung.commands import serve as S
+    from naslung import registry, tracking
+    from naslung import torchserve as S
 
     tmp = tmp_path_factory.mktemp("serving")
     base = load_params(REPO / "params.yaml")
@@ -229,7 +228,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
                 artifacts={"ensemble": str(ens_dir)},
                 signature=registry.signature(["m0", "m1", "m2"]),
                 registered_model_name=name,
-                pip_requirements=["naslung"],
+                **tracking.model_environment(),
             )
         registered = str(info.registered_model_version)
         MlflowClient().set_registered_model_alias(name, "champion" if version == 1 else "challenger", registered)

@@ -47,12 +47,13 @@ def _git_head() -> str | None:
 def _train_and_check(tmp: Path) -> None:
     import mlflow
 
+    from naslung import tracking
     from naslung.train.run import resolve_spec, run_training
 
     store_dir = write_tiny_store(tmp / "store")
     params = _params(tmp)
     spec = resolve_spec(MODEL1, head="asoftmax", cbam=True)
-    out = run_training(params, spec, fold=1, progress=False)
+    out = run_training(params, spec, fold=1, progress=False, tracker=tracking)
     assert out.run_id is not None
 
     client = mlflow.MlflowClient()

@@ -95,7 +95,9 @@ def _train(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     specs = member_specs(params, args.members)
     print(f"{len(specs)} member specs x folds {list(params.ensemble.folds)}")
-    index = train_ensemble(params, specs, log=not args.no_log)
+    from naslung import tracking
+
+    index = train_ensemble(params, specs, tracker=None if args.no_log else tracking)
     done = sum(1 for m in index["members"] if m["cached"])
     print(f"{len(index['members'])} members ({done} from cache); ensemble saved to {index['model_dir']}")
     return 0

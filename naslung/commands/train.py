@@ -135,6 +135,15 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
     return params, spec
 
 
+def _tracker(args: argparse.Namespace) -> Any:
+    """The MLflow adapter as the training tracker, or ``None`` with ``--no-log``."""
+    if args.no_log:
+        return None
+    from naslung import tracking
+
+    return tracking
+
+
 def _train(args: argparse.Namespace) -> int:
     from naslung.train.run import run_training
 
@@ -147,7 +156,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         artifacts=args.artifacts,
-        log=not args.no_log,
+        tracker=_tracker(args),
     )
     s = out.summary()
     print(
@@ -171,7 +180,7 @@ def _cv(args: argparse.Namespace) -> int:
     params, spec = _setup(args)
     folds = args.folds or list(params.train.test_folds)
     summary = run_cv(
-        params, spec, folds, epochs=args.epochs, device=args.device, artifacts=args.artifacts, log=not args.no_log
+        params, spec, folds, epochs=args.epochs, device=args.device, artifacts=args.artifacts, tracker=_tracker(args)
     )
     print(f"spec {spec.ref_string()} ({spec.spec_id}) — test metrics per fold (threshold 0.5)")
     print(cv_table(summary))
@@ -235,7 +244,7 @@ def _features(args: argparse.Namespace) -> int:
         device=args.device,
         artifacts=args.artifacts,
         out_dir=args.out,
-        log=not args.no_log,
+        tracker=_tracker(args),
     )
     from naslung.features import table_markdown
 

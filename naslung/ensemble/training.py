@@ -35,6 +35,7 @@ import torch
 from naslung.lineage import STORE_FILES, stage_outs_md5, store_md5
 from naslung.models.factory import AnySpec, build, parse_member_spec, spec_flops, spec_from_dict
 from naslung.params import Params
+from naslung.train.tracker import TrainingTracker
 
 INDEX_FILE = "training.json"
 MODEL_DIR = "model"
@@ -192,14 +193,14 @@ def train_member(
     fold: int,
     data_hash: str,
     *,
-    log: bool = True,
+    tracker: TrainingTracker | None = None,
     progress: bool = False,
     store: Any = None,
 ) -> MemberRecord:
     """Train ``spec`` with test fold ``fold`` held out (or return the cached member).
 
     Uses :func:`naslung.train.run.run_training` (``ensemble.epochs`` epochs, early stopping on the
-    validation fold, one test evaluation) and logs an MLflow training run when ``log``.
+    validation fold, one test evaluation) and logs a training run to ``tracker`` when one is given.
     """
     key = member_key(spec, fold, data_hash, member_params_hash(params))
     mdir = Path(params.ensemble.out_dir) / "members" / f"{spec.spec_id}-fold{fold}-{key}"
@@ -214,7 +215,7 @@ def train_member(
         fold,
         epochs=params.ensemble.epochs,
         artifacts=params.paths.artifacts,
-        log=log,
+        tracker=tracker,
         progress=progress,
         store=store,
     )
@@ -319,7 +320,7 @@ def train_ensemble(
     params: Params,
     specs: Sequence[AnySpec] | None = None,
     *,
-    log: bool = True,
+    tracker: TrainingTracker | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or reuse) every member for every fold in ``ensemble.folds`` plus ``deploy_fold``.
@@ -339,7 +340,7 @@ def train_ensemble(
     records: list[MemberRecord] = []
     jobs = [(f, s) for f in folds for s in specs]
     for fold, spec in tqdm(jobs, desc="ensemble members", unit="member", disable=not progress):
-        records.append(train_member(params, spec, fold, data["hash"], log=log, progress=False, store=store))
+        records.append(train_member(params, spec, fold, data["hash"], tracker=tracker, progress=False, store=store))
     return write_index(params, specs, records, data)
 
 

@@ -22,12 +22,9 @@ parent run is handled through :class:`mlflow.MlflowClient` by id and every candi
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 from mlflow import MlflowClient

@@ -3,8 +3,9 @@
 :func:`run_training` is what ``naslung train`` runs; :func:`run_cv` repeats it for several test folds
 (``naslung cv``) and summarises fold-wise and mean ± std test metrics; :func:`compare_heads` trains a spec
 with a linear softmax head and with A-Softmax and compares their penultimate features (``naslung
-features``, the paper's Table 4). MLflow logging goes through :mod:`naslung.tracking`, imported only when
-``log=True``.
+features``, the paper's Table 4). Runs are logged through the ``tracker`` passed in
+(:class:`naslung.train.tracker.TrainingTracker`, e.g. the MLflow adapter :mod:`naslung.tracking`); ``None``
+logs nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from naslung.params import Params, to_dict
 from naslung.plots import confusion_png, curves_png, roc_png, tsne_png
 from naslung.train.loop import FitResult, extract_features, fit, predict_proba, resolve_device
 from naslung.train.protocol import EvalResult, FoldSplit, make_split, open_split
+from naslung.train.tracker import TrainingTracker
 
 
 @dataclass
@@ -120,7 +122,7 @@ def run_training(
     seed: int | None = None,
     device: str | None = None,
     artifacts: str | Path | None = None,
-    log: bool = True,
+    tracker: TrainingTracker | None = None,
     want_features: bool = False,
     progress: bool = True,
     parent_run_id: str | None = None,
@@ -140,11 +142,9 @@ def run_training(
     device = resolve_device(device or params.train.device)
     split = make_split(params.prepare.n_folds, fold, params.seed)
 
-    tracking: Any = None
+    tracking = tracker
     ctx: Any = nullcontext(None)
-    if log:
-        from naslung import tracking
-
+    if tracking is not None:
         tracking.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
         tags = {"naslung.spec_id": spec.spec_id, "naslung.fold": str(fold), "naslung.loss": spec.head}
         ctx = tracking.training_run(
@@ -188,7 +188,7 @@ def run_training(
     return outcome
 
 
-def _log_outcome(tracking: Any, out: TrainingOutcome, params: Params) -> None:
+def _log_outcome(tracking: TrainingTracker, out: TrainingOutcome, params: Params) -> None:
     tracking.log_metrics({"n_params": out.n_params, "flops": out.flops, "best_epoch": out.fit.best_epoch})
     tracking.log_metrics(out.fit.val_metrics, prefix="best_val_")
     tracking.log_metrics(out.test.metrics, prefix="test_")
@@ -230,7 +230,7 @@ def run_cv(
     epochs: int | None = None,
     device: str | None = None,
     artifacts: str | Path | None = None,
-    log: bool = True,
+    tracker: TrainingTracker | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """:func:`run_training` for each test fold; fold-wise and mean ± std (sample std) test metrics.
@@ -243,10 +243,8 @@ def run_cv(
     store = _open_store(params, root)
     rows: list[dict[str, Any]] = []
     parent: Any = nullcontext(None)
-    tracking: Any = None
-    if log:
-        from naslung import tracking
-
+    tracking = tracker
+    if tracking is not None:
         tracking.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
         parent = tracking.training_run(
             f"cv-{spec.spec_id}-{spec.head}{'-cbam' if spec.cbam else ''}",
@@ -268,7 +266,7 @@ def run_cv(
                 epochs=epochs,
                 device=device,
                 artifacts=root,
-                log=log,
+                tracker=tracker,
                 progress=progress,
                 parent_run_id=parent_id,
                 store=store,
@@ -329,7 +327,7 @@ def compare_heads(
     device: str | None = None,
     artifacts: str | Path | None = None,
     out_dir: str | Path | None = None,
-    log: bool = True,
+    tracker: TrainingTracker | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``spec`` with a linear softmax head and with A-Softmax; DBI + t-SNE of test-fold features.
@@ -351,7 +349,7 @@ def compare_heads(
             epochs=epochs,
             device=device,
             artifacts=root,
-            log=log,
+            tracker=tracker,
             want_features=True,
             progress=progress,
             store=store,

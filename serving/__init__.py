@@ -1,0 +1,1 @@
+"""TorchServe handler and config template of the NASLung ensemble (thin shell over ``naslung.scoring``)."""
