@@ -66,9 +66,9 @@ test: setup lint
 	NASLUNG_TEST_POSTGRES_URL="$${NASLUNG_TEST_POSTGRES_URL:-$$(scripts/postgres-url.sh)}" \
 	  pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# No servers (MLflow server, Prefect, DVC, TorchServe, PostgreSQL): the unit, data and model tests.
+# No servers (MLflow server, Prefect, DVC, TorchServe, PostgreSQL) and no slow training: unit, data, model tests.
 test-fast: $(VENV)/.installed lint
-	pytest -q -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
+	pytest -q -p no:cacheprovider -m "not integration and not slow" $(PYTEST_ARGS)
 
 clean-artifacts:
 	rm -rf artifacts search

@@ -72,6 +72,7 @@ def test_mass_inside_and_rendering(tmp_path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_cam_mass_concentrates_on_the_nodule(capsys) -> None:
     """A small CBAM NASLungNet learns that a bright sphere means malignant; its malignancy CAM puts more mass
     on the sphere than a uniform map would, and more than an untrained net of the same architecture (the control).

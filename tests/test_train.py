@@ -325,6 +325,7 @@ def test_cli_registers_training_commands() -> None:
     assert parser.parse_args(["features", "--fold", "3"]).fold == 3
 
 
+@pytest.mark.slow
 def test_cli_cv_prints_each_fold_and_the_fold_wise_diameter_baseline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
