@@ -159,3 +159,22 @@ def test_served_retrain_deployment_registers_new_versions(tmp_path: Path, prefec
             serve.wait(30)
         except subprocess.TimeoutExpired:
             serve.kill()
+
+
+def test_serving_a_deployment_without_a_prefect_server_says_what_to_start(tmp_path: Path) -> None:
+    """Cron runs need a real server's scheduler: with no PREFECT_API_URL, `serve` stops with one clear line."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PYTHONPATH"] = str(REPO)
+    for module in ("flows.ensemble", "flows.score"):
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "serve", "--params", str(REPO / "params.yaml")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode != 0, proc.stdout
+        assert "needs a Prefect server" in proc.stderr and "prefect server start --host 127.0.0.1" in proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
