@@ -23,11 +23,13 @@ EXTRAS := serve,dask,postgres,dev
 
 setup: $(VENV)/.installed java
 
-# Every package from the lock (hash-checked), then the project with its dependencies resolved against them;
-# then Prefect's database is created and migrated, so the first flow run does not do it.
+# Every package of the lock, hash-checked and exactly as pinned (--no-deps, as pip-sync does: the lock is the
+# whole closure; a venv's old pip mis-resolves extras such as sqlalchemy[asyncio] otherwise), then the project
+# with its dependencies resolved against them, then `pip check`; then Prefect's database is created and
+# migrated, so the first flow run does not do it.
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements.lock
 	$(BIN)/python -m pip install -q --no-build-isolation -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip check
 	$(BIN)/prefect server database upgrade -y >/dev/null
