@@ -37,7 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parsers(sub)
+    _accept_params_anywhere(parser)
     return parser
+
+
+def _accept_params_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``--params`` is also accepted after any subcommand (``naslung search --params p.yaml``); given there,
+    it overrides the one before the subcommand, which keeps its default otherwise."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--params" in a.option_strings for a in child._actions):
+                    child.add_argument("--params", default=argparse.SUPPRESS, help="parameter file (as before COMMAND)")
+                _accept_params_anywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

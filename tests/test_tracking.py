@@ -197,3 +197,47 @@ def test_training_run_is_recorded_on_an_mlflow_server(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     _train_and_check(tmp_path)
     assert any((tmp_path / "server-artifacts").rglob("spec.json"))  # artifacts went through the server
+
+
+def test_mlflow_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
+    """`naslung mlflow-ui` becomes the MLflow server: SIGTERM to it leaves no server process behind."""
+    import signal
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ui.db'}"}
+    exe = Path(sys.executable).parent / "naslung"
+    proc = subprocess.Popen(
+        [str(exe), "--params", str(REPO / "params.yaml"), "mlflow-ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "mlflow-ui exited before it answered"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "MLflow UI did not answer /health"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while True:  # every process of the group (server and its workers) is gone
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "MLflow server processes left running after SIGTERM"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
