@@ -243,7 +243,12 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 def run_summary(run_id: str) -> dict[str, Any]:
     """Params, metrics (latest values), tags and model URI of a run, read through MlflowClient."""
     client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
     models = list(run.outputs.model_outputs if run.outputs else [])
     model_uri = f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/{MODEL_NAME}"
     return {

@@ -15,6 +15,7 @@ initialised after ``torch.manual_seed(seed)``; shuffling and augmentation use a 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,9 +53,12 @@ class FitResult:
 
 
 def resolve_device(device: str | None) -> str:
-    """``auto``/None -> ``cuda`` when available, else ``cpu``; other values pass through."""
+    """``auto``/None -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:<index>`` pass
+    through (a ValueError names anything else, or CUDA asked for where there is none)."""
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:<index>")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return device
