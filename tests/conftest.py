@@ -38,8 +38,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _torch_threads() -> None:
+    """Before every test: one torch thread (CLI handlers set ``train.num_threads`` process-wide, which
+    would otherwise change the numerics of every later test) and deterministic algorithms."""
     try:
         import torch
     except ImportError:  # pragma: no cover
