@@ -4,8 +4,8 @@ For each scan: ``t_read`` = time of ``read_scan`` (the whole volume into memory,
 and ``t_extract`` = time of ``read_scan`` + cutting every nodule patch of that scan (what ``prepare``
 does per scan). Ratio = t_extract / t_read (target <= 1.5). Each figure is the best of ``--repeats``
 runs (warm page cache). Scans: the real LIDC-IDRI-0001 full scan (../shared/data) with its 17 reference
-locations, plus synthetic scans from ``data/luna16`` (or, when absent, a few made with
-``naslung.data.synth`` in a temporary folder; skipped with a message when that is unavailable).
+locations, plus synthetic scans from ``data/luna16`` (or, when absent, six made with
+:func:`naslung.data.synth.synthesize` in a temporary folder).
 
     .venv/bin/python benchmarks/bench_extraction.py [--raw data/luna16] [--max-scans 5] [--repeats 3]
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import inspect
 import os
 import platform
 import shutil
@@ -74,23 +73,12 @@ def synthetic_raw(raw: Path | None) -> tuple[Path, Path] | None:
         csvs = sorted(raw.glob("annotations_with_malignancy.csv")) or sorted(raw.glob("*.csv"))
         if csvs:
             return raw, csvs[0]
-    try:
-        from naslung.data import synth
-    except ImportError:
-        print("synthetic: skipped (no data/luna16 and naslung.data.synth not available)")
-        return None
-    fn = next(
-        (getattr(synth, n) for n in ("synthesize", "generate", "write_dataset", "synth") if hasattr(synth, n)), None
-    )
-    if fn is None:
-        print("synthetic: skipped (naslung.data.synth has no synthesize()/generate() entry point)")
-        return None
+    from naslung.data import synth
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     atexit.register(shutil.rmtree, tmp, True)
     out = tmp / "luna16"
-    sp = SynthParams(n_scans=6)
-    params = inspect.signature(fn).parameters
-    fn(out, sp) if len(params) >= 2 else fn(out)
+    synth.synthesize(out, SynthParams(n_scans=6), progress=False)
     csvs = sorted(out.rglob("annotations_with_malignancy.csv")) or sorted(out.rglob("*.csv"))
     if not csvs:
         print(f"synthetic: skipped (no annotations table written under {out})")

@@ -20,7 +20,6 @@ either method trained (the best front known to the benchmark).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -56,11 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifacts", help="patch store (default: paths.artifacts)")
     args = ap.parse_args(argv)
 
-    params = load_params(args.params)
-    changes = {"epochs": args.epochs, "budget": args.budget}
-    if args.latency:
-        changes["latency_source"] = args.latency
-    params = params.replace(search=dataclasses.replace(params.search, **changes))
+    params = load_params(args.params).with_overrides(
+        {"search.epochs": args.epochs, "search.budget": args.budget, "search.latency_source": args.latency},
+        drop_none=True,
+    )
     sp = params.search
     space = SearchSpace.from_params(sp, cbam=params.model.cbam, head=params.model.head)
     size = space.size()

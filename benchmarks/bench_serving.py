@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from naslung import torchserve as S
     from naslung.params import load_params
-    from naslung.score_csv import ServingClient, score_csv
+    from naslung.score_csv import score_csv
+    from naslung.serving_client import ServingClient
 
     device = args.device
     if device == "auto":
@@ -213,12 +214,15 @@ def main(argv: list[str] | None = None) -> int:
             ens_dir,
             {"name": S.model_name_of(params), "version": "bench", "max_payload_mb": params.serve.max_payload_mb},
             S.serve_dir(params) / "model-store",
+            params.serve,
         )
         t = time.perf_counter()
         server = S.start_server(params)
         report["start_s"] = time.perf_counter() - t
         try:
-            client = ServingClient(server.inference_url, server.model_name, server.inference_key())
+            client = ServingClient(
+                server.inference_url, server.model_name, server.inference_key(), max_connections=args.concurrency
+            )
             served_rate(client, X[: args.batch_size * 2], args.batch_size, 1, args.concurrency)  # warm-up
             in_process_rate(ensemble, X[: args.batch_size], args.batch_size, 1)  # warm-up
             # Interleaved passes (in-process, served, ...): drift in machine load hits both alike.

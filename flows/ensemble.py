@@ -1,52 +1,41 @@
-"""Prefect 3 flows of the ensemble area and the scheduled ``retrain`` deployment.
-
-Flows (each takes the path of a params file; tasks pass paths / ids / small dicts, never tensors):
-
-* ``train_ensemble`` — one ``train-member`` task per (test fold, spec) with retries; a member is cached on
-  disk under a key of (spec, fold, data hash, params hash) (see :mod:`naslung.ensemble.training`), so a
-  re-run after a failure or a kill skips every finished member; then the deploy-fold ensemble is saved.
-* ``evaluate`` — per-fold / mean ± std metrics, ensemble-size curve, plots (``metrics.json``).
-* ``register_and_promote`` — register the ensemble (alias ``challenger``, lineage tags, model card), then
-  the promotion gate (validation passed and F1 within tolerance of the champion) -> ``champion``.
-* ``retrain`` — validate data -> (optionally) re-run the search (``search.strategy``) -> train -> evaluate ->
-  register -> gate -> promote. Fails early, before training, when data validation fails (champion unchanged).
-
-Deployment: ``python -m flows.ensemble serve [--params params.yaml]`` serves ``retrain`` with the cron
-schedule ``registry.cron`` (concurrency 1) against ``PREFECT_API_URL`` (a ``prefect server start`` on
-127.0.0.1); without one it stops with a one-line error (see :func:`flows.require_api_server`).
-"""
+"""Prefect 3 flows of the ensemble area and the ``retrain`` deployment (Prefect concerns only; the work is
+:mod:`naslung.ensemble` and :mod:`naslung.registry`). ``train_ensemble`` maps a ``train-member`` task (2 retries)
+over the library's ``plan_members``, one at a time in plan order (training seeds torch's global RNG), members
+cached on disk; ``retrain``: validate -> (search) -> train -> evaluate -> register -> gate, stopping before
+training when validation fails. Each flow takes the params file and ``overrides`` (``{"section.key": value}``,
+what ``naslung --set`` gives; a deployment parameter), parsed once into :class:`~naslung.params.Params` that the
+tasks receive. ``python -m flows.ensemble serve|retrain [--params P] [--set K=V]``: serve ``retrain`` on
+``registry.cron`` (``--cron``, ``--name``; needs a Prefect server, :func:`flows.require_api_server`) or run it
+once (``--search``: re-run the search first)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import require_api_server
-from naslung.params import Params, load_params
+from naslung import registry
+from naslung.artifact_paths import ArtifactPaths
+from naslung.ensemble.evaluation import evaluate_ensemble
+from naslung.ensemble.training import MemberRecord, plan_members, train_member, write_index
+from naslung.models.factory import AnySpec
+from naslung.params import Params, load_params, parse_set
+from naslung.tracking import MlflowTracker
+from naslung.validation import validate
 
-
-def _params(params_path: str) -> Params:
-    return load_params(params_path)
-
-
-# --- tasks ---------------------------------------------------------------------------------------------
-
-
-@task(name="validate-data", cache_policy=NO_CACHE)
-def validate_data(params_path: str) -> dict[str, Any]:
-    """Great Expectations suites (:func:`naslung.validation.validate`); writes artifacts/validation.json."""
-    from naslung.validation import validate
-
-    result = validate(_params(params_path))
-    return {"success": bool(result["success"]), "suites": {k: v["success"] for k, v in result["suites"].items()}}
+Overrides = dict[str, Any] | None
+validate_task = task(validate, name="validate-data", cache_policy=NO_CACHE)
+save_task = task(write_index, name="save-ensemble", cache_policy=NO_CACHE)
+evaluate_task = task(evaluate_ensemble, name="evaluate-ensemble", cache_policy=NO_CACHE)
+register_task = task(registry.register, name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+promote_task = task(registry.promote, name="promote", cache_policy=NO_CACHE)
 
 
 @task(
@@ -54,144 +43,89 @@ def validate_data(params_path: str) -> dict[str, Any]:
     retries=2,
     retry_delay_seconds=10,
     cache_policy=NO_CACHE,
-    task_run_name="member-{spec_id}-fold{fold}",
+    task_run_name="member-{spec.spec_id}-fold{fold}",
 )
-def train_member_task(params_path: str, spec_json: str, spec_id: str, fold: int, data_hash: str) -> dict[str, Any]:
-    """Train one member (or return it from the on-disk cache); returns its record as a dict."""
-    from naslung import tracking
-    from naslung.ensemble.training import train_member
-    from naslung.models.factory import spec_from_json
-
-    rec = train_member(_params(params_path), spec_from_json(spec_json), fold, data_hash, tracker=tracking)
-    if rec.cached:
-        print(f"member {spec_id} fold {fold}: cached ({rec.dir})")
-    return asdict(rec)
+def train_member_task(params: Params, spec: AnySpec, fold: int, data_hash: str) -> MemberRecord:
+    return train_member(params, spec, fold, data_hash, tracker=MlflowTracker())
 
 
-@task(name="save-ensemble", cache_policy=NO_CACHE)
-def save_ensemble_task(
-    params_path: str, spec_jsons: list[str], records: list[dict[str, Any]], data: dict[str, Any]
-) -> str:
-    from naslung.ensemble.training import INDEX_FILE, MemberRecord, write_index
-    from naslung.models.factory import spec_from_json
-
-    params = _params(params_path)
-    write_index(params, [spec_from_json(s) for s in spec_jsons], [MemberRecord(**r) for r in records], data)
-    return str(Path(params.ensemble.out_dir) / INDEX_FILE)
-
-
-@task(name="evaluate-ensemble", cache_policy=NO_CACHE)
-def evaluate_task(params_path: str) -> dict[str, Any]:
-    from naslung.ensemble.evaluation import evaluate_ensemble
-
-    result = evaluate_ensemble(_params(params_path))
-    return result["summary"]
-
-
-@task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def register_task(params_path: str, search_run_id: str | None) -> dict[str, str]:
-    from naslung import registry
-
-    reg = registry.register(_params(params_path), search_id=search_run_id)
-    return {"name": reg.name, "version": reg.version, "run_id": reg.run_id, "model_uri": reg.model_uri}
-
-
-@task(name="promote", cache_policy=NO_CACHE)
-def promote_task(params_path: str, version: str) -> dict[str, Any]:
-    from naslung import registry
-
-    return registry.promote(_params(params_path), version).as_dict()
-
-
-# --- flows ---------------------------------------------------------------------------------------------
-
-
-@flow(name="train_ensemble", log_prints=True)
-def train_ensemble(params_path: str = "params.yaml") -> str:
-    """Train every member for every evaluation fold (cached); returns the path of training.json."""
-    from naslung.ensemble.training import data_version, member_specs
-
-    params = _params(params_path)
-    specs = member_specs(params)
-    data = data_version(params.paths.artifacts)
-    folds = list(dict.fromkeys([*params.ensemble.folds, params.ensemble.deploy_fold]))
-    print(f"{len(specs)} members x folds {folds}; data {data['hash']} ({data['origin']})")
-    records = [
-        train_member_task(params_path, s.to_json(), s.spec_id, int(f), data["hash"]) for f in folds for s in specs
-    ]
-    return save_ensemble_task(params_path, [s.to_json() for s in specs], records, data)
+@flow(name="train_ensemble", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def train_ensemble(params_path: str = "params.yaml", overrides: Overrides = None) -> str:
+    params = load_params(params_path, overrides=overrides)
+    plan = plan_members(params)
+    print(f"{len(plan.specs)} members x folds {plan.folds}; data {plan.data['hash']} ({plan.data['origin']})")
+    folds, specs = [f for f, _ in plan.jobs], [s for _, s in plan.jobs]
+    records = train_member_task.map(unmapped(params), specs, folds, plan.data["hash"]).result()
+    save_task(params, plan.specs, records, plan.data)
+    return str(ArtifactPaths.from_params(params).ensemble.index)
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(params_path: str = "params.yaml") -> dict[str, Any]:
-    """Evaluate members and ensemble over ``ensemble.folds``; returns the headline numbers."""
-    summary = evaluate_task(params_path)
+def evaluate(params_path: str = "params.yaml", overrides: Overrides = None) -> dict[str, Any]:
+    summary = evaluate_task(load_params(params_path, overrides=overrides))["summary"]
     print(json.dumps(summary, indent=1))
     return summary
 
 
 @flow(name="register_and_promote", log_prints=True)
-def register_and_promote(params_path: str = "params.yaml", search_run_id: str | None = None) -> dict[str, Any]:
-    """Register the ensemble (challenger) and run the promotion gate; returns the decision."""
-    reg = register_task(params_path, search_run_id)
-    decision = promote_task(params_path, reg["version"])
-    return {**reg, **decision}
+def register_and_promote(
+    params_path: str = "params.yaml", search_run_id: str | None = None, overrides: Overrides = None
+) -> dict[str, Any]:
+    params = load_params(params_path, overrides=overrides)
+    reg = register_task(params, search_id=search_run_id)
+    decision = promote_task(params, reg.version)
+    return {"name": reg.name, "version": reg.version, "run_id": reg.run_id, "model_uri": reg.model_uri} | asdict(
+        decision
+    )
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", rerun_search: bool | None = None) -> dict[str, Any]:
-    """validate -> (search) -> train -> evaluate -> register -> gate -> promote; returns the gate decision."""
-    params = _params(params_path)
-    checked = validate_data(params_path)
+def retrain(params_path: str = "params.yaml", rerun_search: bool | None = None, overrides: Overrides = None) -> dict:
+    params = load_params(params_path, overrides=overrides)
+    checked = validate_task(params)
     if not checked["success"]:
-        raise RuntimeError(
-            f"data validation failed ({checked['suites']}); see {Path(params.paths.artifacts) / 'validation.json'}. "
-            "Nothing was trained; the champion is unchanged."
-        )
+        suites = {k: v["success"] for k, v in checked["suites"].items()}
+        report = ArtifactPaths.from_params(params).artifacts.validation
+        raise RuntimeError(f"data validation failed ({suites}); see {report}. Nothing was trained; champion unchanged.")
     search_id = None
     if params.registry.rerun_search if rerun_search is None else rerun_search:
         from flows.search import run_search
 
         search_id = run_search(params, progress=False).get("parent_run_id")
-    train_ensemble(params_path)
-    evaluate(params_path)
-    return register_and_promote(params_path, search_id)
+    train_ensemble(params_path, overrides)
+    evaluate(params_path, overrides)
+    return register_and_promote(params_path, search_id, overrides)
 
 
-# --- deployment ----------------------------------------------------------------------------------------
-
-
-def serve(params_path: str = "params.yaml", cron: str | None = None, name: str | None = None) -> None:
+def serve(
+    params_path: str = "params.yaml", cron: str | None = None, name: str | None = None, overrides: Overrides = None
+) -> None:
     """Serve the ``retrain`` deployment (cron ``registry.cron``, one run at a time) until interrupted."""
     require_api_server("retrain")
-    params = _params(params_path)
+    params = load_params(params_path, overrides=overrides)
     retrain.serve(
         name=name or params.registry.deployment,
         cron=cron or params.registry.cron,
-        parameters={"params_path": str(Path(params_path).resolve())},
+        parameters={"params_path": str(Path(params_path).resolve()), "overrides": overrides or {}},
         description="Scheduled NASLung retraining: validate -> train -> evaluate -> register -> gate -> promote.",
         tags=["naslung"],
         limit=1,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.ensemble", description="NASLung ensemble flows.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="serve the retrain deployment with its cron schedule (registry.cron)")
-    s.add_argument("--params", default=os.environ.get("NASLUNG_PARAMS", "params.yaml"))
-    s.add_argument("--cron", help="override registry.cron")
-    s.add_argument("--name", help="override registry.deployment")
-    r = sub.add_parser("retrain", help="run the retrain flow once, now")
-    r.add_argument("--params", default=os.environ.get("NASLUNG_PARAMS", "params.yaml"))
-    r.add_argument("--search", action="store_true", help="re-run the search (search.strategy) first")
-    args = parser.parse_args(argv)
-    if args.cmd == "serve":
-        serve(args.params, args.cron, args.name)
-        return 0
-    print(json.dumps(retrain(args.params, rerun_search=True if args.search else None), indent=1, default=str))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m flows.ensemble")
+    ap.add_argument("cmd", choices=("serve", "retrain"))
+    ap.add_argument("--params", default=os.environ.get("NASLUNG_PARAMS", "params.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--cron")
+    ap.add_argument("--name")
+    ap.add_argument("--search", action="store_true")
+    a = ap.parse_args()
+    sets = parse_set(a.overrides) or None
+    if a.cmd == "serve":
+        serve(a.params, a.cron, a.name, sets)
+    else:
+        print(json.dumps(retrain(a.params, True if a.search else None, sets), indent=1, default=str))

@@ -4,6 +4,11 @@ Step names are shared across the platform: the DVC stage, the CLI subcommand, th
 module that implements it carry the same name (``prepare``, ``validate``, ``search``, ``train`` ...).
 Each area registers its subcommands in ``naslung/commands/<area>.py``; heavy imports happen inside the
 handlers so ``naslung --help`` stays fast.
+
+Global options, accepted before or after the subcommand: ``--params FILE`` and the repeatable
+``--set SECTION.KEY=VALUE`` (the ``dvc exp run -S`` idiom; values are YAML, checked by the schema of
+:mod:`naslung.params`), collected in command-line order into ``args.overrides`` for
+:func:`naslung.commands.params_of`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ from collections.abc import Sequence
 
 from naslung.commands import AREAS
 
+SET_HELP = (
+    "override one parameter, e.g. --set search.budget=3 --set train.betas='[0.5, 0.9]' (repeatable, "
+    "later wins; values are YAML; unknown keys are refused)"
+)
+_SET = "--set"
+_SET_METAVAR = "SECTION.KEY=VALUE"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -27,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("NASLUNG_PARAMS", "params.yaml"),
         help="parameter file (default: params.yaml or $NASLUNG_PARAMS)",
     )
+    parser.add_argument(_SET, dest=_set_dest(0), action="append", default=[], metavar=_SET_METAVAR, help=SET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for area in AREAS:
@@ -41,21 +54,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _accept_params_anywhere(parser: argparse.ArgumentParser) -> None:
-    """``--params`` is also accepted after any subcommand (``naslung search --params p.yaml``); given there,
-    it overrides the one before the subcommand, which keeps its default otherwise."""
+def _set_dest(depth: int) -> str:
+    """Namespace attribute of the ``--set`` items given at one subcommand depth (0: before COMMAND)."""
+    return f"overrides_{depth}"
+
+
+def _accept_params_anywhere(parser: argparse.ArgumentParser, depth: int = 1) -> None:
+    """``--params`` and ``--set`` are also accepted after any subcommand (``naslung search --params p.yaml
+    --set search.budget=3``). ``--params`` given there overrides the one before the subcommand, which keeps
+    its default otherwise; ``--set`` items of every depth are kept (each depth has its own attribute, so a
+    subcommand's namespace never replaces its parent's items) and joined by :func:`_overrides`."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 if not any("--params" in a.option_strings for a in child._actions):
                     child.add_argument("--params", default=argparse.SUPPRESS, help="parameter file (as before COMMAND)")
-                _accept_params_anywhere(child)
+                if not any(_SET in a.option_strings for a in child._actions):
+                    child.add_argument(
+                        _SET,
+                        dest=_set_dest(depth),
+                        action="append",
+                        default=argparse.SUPPRESS,
+                        metavar=_SET_METAVAR,
+                        help=SET_HELP,
+                    )
+                _accept_params_anywhere(child, depth + 1)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Every ``--set`` item in command-line order (before COMMAND first, then each subcommand's)."""
+    prefix = _set_dest(0)[:-1]
+    depths = sorted(int(k[len(prefix) :]) for k in vars(args) if k.startswith(prefix) and k[len(prefix) :].isdigit())
+    return [item for d in depths for item in getattr(args, _set_dest(d)) or []]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.overrides = _overrides(args)
     try:
+        if args.overrides:  # a malformed, unknown or invalid --set fails before any work, whatever the command
+            from naslung.params import load_params
+
+            load_params(args.params, overrides=args.overrides)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,143 +1,248 @@
-"""Typed view of ``params.yaml``: parsed once, passed around as frozen dataclasses.
+"""The schema of ``params.yaml``: frozen pydantic dataclasses, parsed once and passed around.
 
 Every consumer (``dvc.yaml`` stages through the CLI, the Prefect flows, the tests) goes through
-:func:`load_params`, so one file drives the whole platform. Unknown keys are an error, so a typo in
-``params.yaml`` never silently falls back to a default.
+:func:`load_params`, so one file drives the whole platform.
+
+* **One source of defaults.** The defaults below are the values of the committed ``params.yaml``;
+  ``tests/unit/test_params.py`` fails when the two drift apart (a key missing from the file, another value, or
+  another type). Experiments change values with overrides, not by editing the schema.
+* **Validation.** Unknown keys are an error (``extra="forbid"``, so a typo never silently falls back to
+  a default); enum-like strings are ``Literal`` types (the one place their choices are spelt: import the
+  aliases below); counts that must be positive are constrained. A bad file or override raises
+  :class:`ParamsError`, one line naming the key and what is wrong.
+* **Overrides.** ``load_params(path, overrides=...)`` and :meth:`Params.with_overrides` take dotted keys
+  (``{"search.budget": 3}``); the CLI's repeatable ``--set section.key=value`` (the ``dvc exp run -S``
+  idiom) is parsed by :func:`parse_set` (values are YAML; text fields take the text as given).
+* **Units** are part of every field's description (the docstring under it, also the JSON-schema
+  ``description``): mm, voxels, HU, ms, MiB, epochs ...
+
+Sections are real (pydantic) dataclasses: attribute access, ``dataclasses.replace`` (validated like
+construction), ``dataclasses.fields`` and :func:`to_dict` all work as on plain frozen dataclasses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, cast, get_type_hints
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError
+from pydantic.dataclasses import dataclass
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+"""Every section: unknown keys refused, the docstring under a field is its description."""
 
-@dataclass(frozen=True)
+# --- value types (the one place each choice is spelt) -----------------------------------------------------
+
+FoldRule = Literal["auto", "hash", "subset"]
+Head = Literal["linear", "asoftmax"]
+LrSchedule = Literal["constant", "cosine"]
+SelectBy = Literal["auc", "f1", "loss"]
+SearchStrategy = Literal["pop", "dnas"]
+Runner = Literal["local", "dask"]
+LatencySource = Literal["measured", "flops"]
+ServeDevice = Literal["auto", "cpu"]
+MixedOps = Literal["all", "sampled"]
+TrainDevice = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+"""``auto`` | ``cpu`` | ``cuda`` | ``cuda:<index>`` (see :func:`naslung.train.loop.resolve_device`)."""
+Count = Annotated[int, Field(ge=1)]
+"""An integer >= 1 (epochs, folds, sizes, workers ...)."""
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+SEARCH_STRATEGIES: tuple[str, ...] = get_args(SearchStrategy)
+HEADS: tuple[str, ...] = get_args(Head)
+FOLD_RULES: tuple[str, ...] = get_args(FoldRule)
+
+
+class ParamsError(ValueError):
+    """A params file or override that does not fit the schema; the message is one line naming the key."""
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class PathsParams:
+    """Where inputs and outputs live (relative to the working folder, the repository root under DVC)."""
+
     raw: str = "data/luna16"
+    """Raw-data folder: LUNA16 layout ``subset0..9/<uid>.mhd`` (or DICOM series); tracked by data.dvc."""
     annotations: str = "data/luna16/annotations_with_malignancy.csv"
+    """Annotation table (CSV: world coordinates in mm, diameter in mm, per-reader malignancy scores)."""
     artifacts: str = "artifacts"
+    """Stage outputs: patch store, manifests, metrics, plots (names: :mod:`naslung.artifact_paths`)."""
     mlflow_uri: str = "sqlite:///mlflow/mlflow.db"
+    """MLflow tracking/registry URI; ``MLFLOW_TRACKING_URI`` wins (see :attr:`Params.mlflow_uri`)."""
     mlflow_artifacts: str = "mlflow/artifacts"
+    """Folder of the MLflow artifact store for the embedded sqlite store."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class SynthParams:
     """Embedded synthetic dataset (``naslung data synth``); see :mod:`naslung.data.synth`."""
 
-    n_scans: int = 30
+    n_scans: Count = 30
     """Number of scans; ~8 MB and ~13 nodules each. Scale up for a bigger dataset."""
     nodules_per_scan: tuple[int, int] = (8, 18)
-    """Inclusive range of nodules per scan."""
+    """Inclusive range (lo, hi) of nodules per scan."""
     seed: int = 20211
-    workers: int = 2
+    """Seed of the generator (same seed -> byte-identical files)."""
+    workers: Count = 2
     """Processes rendering scans in parallel (the output does not depend on it)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class PrepareParams:
-    patch_size: int = 32
+    """Patch extraction (``naslung prepare``); see :mod:`naslung.data.prepare`."""
+
+    patch_size: Count = 32
     """Voxels per side of the cubic output patch."""
-    spacing_mm: float = 1.0
+    spacing_mm: Annotated[float, Field(gt=0)] = 1.0
     """Isotropic output spacing in mm."""
     hu_window: tuple[float, float] = (-1200.0, 600.0)
-    """HU range mapped linearly onto [0, 1] (clipped)."""
+    """HU range (lo, hi) mapped linearly onto [0, 1] (clipped)."""
     fill_hu: float = -1024.0
     """HU used for points outside the scan (air)."""
-    margin_voxels: int = 4
-    n_folds: int = 10
-    fold_rule: str = "auto"
+    margin_voxels: Annotated[int, Field(ge=0)] = 4
+    """Extra voxels around the patch in the crop read before resampling."""
+    n_folds: Count = 10
+    """Cross-validation folds (series-level)."""
+    fold_rule: FoldRule = "auto"
+    """auto: LUNA16 subsetK folder = fold K, else a hash of the series uid | hash: always the hash |
+    subset: always the folder (an error outside subsetK folders)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ValidateParams:
+    """Bounds of the data-validation suites (``naslung validate``); see :mod:`naslung.validation`."""
+
     diameter_mm: tuple[float, float] = (2.0, 40.0)
+    """Allowed nodule diameter range (lo, hi) in mm of the annotation table."""
     class_fraction: tuple[float, float] = (0.15, 0.85)
+    """Allowed malignant fraction (lo, hi) of the manifest, overall (0..1)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ModelParams:
+    """The default architecture and the A-Softmax head (SphereFace lambda annealing)."""
+
     spec: str = "[4, 4, [4, 4], [4, 8], [8, 8]]"
+    """Architecture spec: bare list or reference string (paper Model-1 by default)."""
     cbam: bool = True
-    head: str = "asoftmax"
-    margin_m: int = 4
+    """CBAM attention in the residual blocks (for bare-list specs)."""
+    head: Head = "asoftmax"
+    """Classifier head (for bare-list specs): linear | asoftmax."""
+    margin_m: Count = 4
+    """A-Softmax angular margin m (integer multiple of the angle)."""
     lambda_base: float = 1000.0
+    """SphereFace lambda annealing: lambda = max(min, base * (1 + gamma * iteration) ** -power)."""
     lambda_gamma: float = 0.12
+    """Annealing gamma (per training iteration)."""
     lambda_power: float = 1.0
+    """Annealing power."""
     lambda_min: float = 5.0
+    """Floor of the annealed lambda."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TrainParams:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-4
+    """One training run (``naslung train``, ensemble members, search candidates' optimiser settings)."""
+
+    epochs: Count = 30
+    """Maximum training epochs (early stopping: ``patience``)."""
+    batch_size: Count = 32
+    """Patches per optimiser step."""
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    """Adam learning rate (the paper's 2e-4)."""
     betas: tuple[float, float] = (0.5, 0.999)
+    """Adam (beta1, beta2)."""
     weight_decay: float = 0.0
-    pad: int = 2
+    """Adam weight decay (L2)."""
+    pad: Annotated[int, Field(ge=0)] = 2
+    """Augmentation: voxels of padding per side before the random crop back to the patch size."""
     flips: bool = True
+    """Augmentation: random flips on each of the 3 axes."""
     permute_axes: bool = False
     """Random order of the three spatial axes per sample (with ``flips``: all 48 symmetries of the cube)."""
-    lr_schedule: str = "constant"
+    lr_schedule: LrSchedule = "constant"
     """constant (the paper) | cosine: lr decays from ``lr`` to 0 over the maximum epochs (per epoch)."""
     patience: int = 10
-    select_by: str = "auc"
+    """Early stopping: epochs without a better validation score."""
+    select_by: SelectBy = "auc"
     """Validation criterion of model selection / early stopping: auc | f1 | loss."""
     test_folds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    """Test folds of ``naslung cv``."""
     num_threads: int = 2
-    device: str = "auto"
+    """torch intra-op threads."""
+    device: TrainDevice = "auto"
+    """auto | cpu | cuda | cuda:<index>."""
     experiment: str = "naslung-train"
     """MLflow experiment of training runs (train, cv, features)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class LatencyParams:
+    """Latency measurement (ms per nodule, warmed, median of repeated calls); see :mod:`naslung.latency`."""
+
     batch_sizes: tuple[int, ...] = (1, 32)
-    warmup: int = 5
-    repeats: int = 30
-    trials: int = 5
+    """Batch sizes (nodules per call) measured."""
+    warmup: Annotated[int, Field(ge=0)] = 5
+    """Untimed calls before timing."""
+    repeats: Count = 30
+    """Timed calls per measurement; the figure is their median (ms per nodule)."""
+    trials: Count = 5
     """Repeated measurements for the repeatability figure (``naslung latency``)."""
 
 
-SEARCH_STRATEGIES = ("pop", "dnas")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class SearchParams:
-    strategy: str = "pop"
+    """Architecture search (``naslung search``)."""
+
+    strategy: SearchStrategy = "pop"
     """pop: Partial Order Pruning over NASLung nets (:mod:`naslung.search.pop`); dnas: differentiable search
     over MBConv nets (``dnas`` section, :mod:`naslung.search.dnas_run`). Both write the same outputs into
     ``out_dir``."""
-    epochs: int = 10
-    budget: int = 12
-    patience: int = 6
-    batch_size: int = 1
-    runner: str = "local"
+    epochs: Count = 10
+    """Training epochs per candidate (early stopping: ``train.patience``)."""
+    budget: Count = 6
+    """Trained candidates at most (embedded default sized for 2 CPU cores)."""
+    patience: int = 4
+    """Stop when the Pareto set is unchanged for this many iterations."""
+    batch_size: Count = 1
+    """Candidates per iteration (>1 with the Dask runner)."""
+    runner: Runner = "local"
+    """Prefect task runner: local (threads in this process) | dask."""
     dask_address: str | None = None
+    """Existing Dask scheduler (e.g. ``tcp://host:8786``); None: a LocalCluster of ``dask_workers``."""
     widths: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
+    """Channel widths a block may take."""
     stem: tuple[int, int] = (4, 4)
+    """Stem widths (channels of its two convolutions)."""
     monotone: bool = True
+    """Widths never decrease along the network."""
     depth_rule: bool = True
-    k_select: int = 9
+    """Paper eq. 5: later stages at least as deep as earlier ones."""
+    k_select: Count = 9
+    """Architectures selected from the front for the ensemble."""
     fold: int = 1
-    min_blocks: int = 3
+    """Test fold held out (the search never sees it); the validation fold is carved out of the rest."""
+    min_blocks: Count = 3
     """Fewest residual blocks in stages 3-5 together (paper: 3)."""
-    max_blocks: int = 9
+    max_blocks: Count = 9
     """Most residual blocks in stages 3-5 together (paper: 9)."""
-    latency_source: str = "measured"
+    latency_source: LatencySource = "measured"
     """measured: warmed wall-clock ms per nodule (naslung.latency); flops: multiply-adds per nodule in
     millions, a deterministic proxy (used by tests, never mixed with measured values)."""
-    dask_workers: int = 2
+    dask_workers: Count = 2
     """Workers of the LocalCluster started when runner=dask and no dask_address is given."""
     out_dir: str = "search"
     """Folder for front.json, selected.json, pareto.png and summary.json."""
@@ -145,40 +250,47 @@ class SearchParams:
     """MLflow experiment holding the search parent runs."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ServeParams:
     """TorchServe serving and CSV batch scoring (``naslung serve`` / ``naslung score``)."""
 
     host: str = "127.0.0.1"
     """Address every TorchServe endpoint binds to (loopback only)."""
-    inference_port: int = 8080
-    management_port: int = 8081
-    metrics_port: int = 8082
-    batch_size: int = 8
+    inference_port: Port = 8080
+    """TCP port of the inference API."""
+    management_port: Port = 8081
+    """TCP port of the management API."""
+    metrics_port: Port = 8082
+    """TCP port of the metrics API."""
+    batch_size: Count = 8
     """TorchServe server-side batch: concurrent requests grouped into one handler call."""
-    max_batch_delay_ms: int = 50
+    max_batch_delay_ms: Annotated[int, Field(ge=0)] = 50
     """How long TorchServe waits (ms) to fill a server-side batch."""
-    workers: int = 1
+    workers: Count = 1
     """Python workers per model."""
     torch_threads: int = 2
     """torch intra-op threads in each worker."""
-    max_payload_mb: float = 16.0
+    max_payload_mb: Annotated[float, Field(gt=0)] = 16.0
     """Largest accepted request body (MiB); one float32 32^3 patch is 128 KiB."""
-    request_patches: int = 32
+    request_patches: Count = 32
     """Patches per request sent by the CSV scorer."""
-    concurrency: int = 4
+    concurrency: Count = 4
     """Concurrent requests in flight from the CSV scorer."""
-    response_timeout_s: int = 120
-    device: str = "auto"
+    response_timeout_s: Count = 120
+    """TorchServe response timeout (s)."""
+    device: ServeDevice = "auto"
     """auto (GPU when TorchServe assigns one) | cpu."""
     jvm_heap: str = "512m"
+    """Java heap of the TorchServe frontend (``-Xmx`` value)."""
     score_cron: str = "*/15 * * * *"
     """Cron schedule of the ``score_folder`` Prefect deployment."""
     inbox: str = "inbox"
+    """Folder the ``score_folder`` flow picks CSVs from."""
     outbox: str = "outbox"
+    """Folder it writes results to."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class EnsembleParams:
     """Ensemble training and evaluation (``naslung ensemble train`` / ``naslung evaluate``)."""
 
@@ -191,17 +303,18 @@ class EnsembleParams:
     when non-empty they replace ``members``."""
     cbam: bool = True
     """CBAM flag for bare-list specs (reference strings carry their own prefix)."""
-    head: str = "asoftmax"
+    head: Head = "asoftmax"
     """Head for bare-list specs: linear | asoftmax."""
-    epochs: int = 30
+    epochs: Count = 20
     """Training epochs per member (early stopping on validation F1 with ``train.patience``)."""
-    folds: tuple[int, ...] = (1, 2, 3, 4, 5)
-    """Test folds of the evaluation; every spec is trained once per fold (test fold held out)."""
+    folds: tuple[int, ...] = (1,)
+    """Test folds of the evaluation; every spec is trained once per fold (test fold held out).
+    Paper: (1, 2, 3, 4, 5)."""
     deploy_fold: int = 1
     """The registered ensemble consists of the members trained for this test fold."""
     sizes: tuple[int, ...] = (1, 3, 5, 7, 9)
     """Ensemble-size curve: members per random subset."""
-    size_repeats: int = 20
+    size_repeats: Count = 20
     """Random subsets drawn per size."""
     out_dir: str = "artifacts/ensemble"
     """Member cache, deployable ensemble (``model/``) and ``training.json`` index."""
@@ -209,12 +322,13 @@ class EnsembleParams:
     """MLflow experiment of the evaluation / registration runs."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RegistryParams:
     """MLflow Model Registry: name, promotion gate, scheduled retraining."""
 
     name: str = "naslung-ensemble"
-    f1_tolerance: float = 0.02
+    """MLflow registered model name."""
+    f1_tolerance: Annotated[float, Field(ge=0)] = 0.02
     """Gate: challenger mean F1 must be >= champion mean F1 - tolerance (same folds)."""
     require_validation: bool = True
     """Gate: ``artifacts/validation.json`` must report success."""
@@ -226,41 +340,47 @@ class RegistryParams:
     """Name of the served Prefect deployment of ``retrain``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class DnasParams:
     """Differentiable architecture search (``naslung dnas``, or ``naslung search`` with ``search.strategy: dnas``);
     see :mod:`naslung.search.dnas` and :mod:`naslung.search.dnas_run`."""
 
-    epochs: int = 8
+    epochs: Count = 8
     """Supernet search epochs (τ anneals over them)."""
-    warmup_epochs: int = 2
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2
     """Leading epochs that train the supernet weights only (α fixed, uniform sampling)."""
-    batch_size: int = 16
-    w_lr: float = 0.001
+    batch_size: Count = 16
+    """Patches per supernet step."""
+    w_lr: Annotated[float, Field(gt=0)] = 0.001
     """Adam learning rate of the supernet weights."""
-    alpha_lr: float = 0.003
+    alpha_lr: Annotated[float, Field(gt=0)] = 0.003
     """Adam learning rate of the architecture logits α."""
     alpha_weight_decay: float = 0.001
-    tau_max: float = 5.0
+    """Adam weight decay of α."""
+    tau_max: Annotated[float, Field(gt=0)] = 5.0
     """Gumbel-softmax temperature at the first epoch (exponential annealing)."""
-    tau_min: float = 0.2
+    tau_min: Annotated[float, Field(gt=0)] = 0.2
     """Temperature at the last epoch."""
-    mixed: str = "all"
+    mixed: MixedOps = "all"
     """all: every op runs, first-order gradient for each op (proven on a toy task) | sampled: GDAS, cheaper."""
-    alpha_fraction: float = 0.3
+    alpha_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
     """Fraction of the training-fold rows (stratified) held out for the α updates; the protocol's validation
     fold scores the retrained derived models (never the test fold)."""
-    stem: int = 8
-    """Stem width (3x3x3 stride-2 conv, 32^3 -> 16^3)."""
+    stem: Count = 8
+    """Stem width (channels; 3x3x3 stride-2 conv, 32^3 -> 16^3 voxels)."""
     layers: tuple[tuple[int, int], ...] = ((8, 1), (16, 2), (16, 1), (32, 2), (32, 1))
-    """Searchable layers (width, stride): 16^3 -> 8^3 -> 4^3."""
-    head_channels: int = 32
+    """Searchable layers (width in channels, stride): 16^3 -> 8^3 -> 4^3 voxels."""
+    head_channels: Count = 32
+    """Channels of the 1x1x1 conv before global pooling."""
     kernels: tuple[int, ...] = (3, 5, 7)
+    """Depthwise kernel sizes (voxels per side)."""
     expansions: tuple[int, ...] = (3, 4, 6)
+    """MBConv expansion ratios."""
     skip: bool = True
-    derive_k: int = 2
+    """Skip op in shape-preserving layers."""
+    derive_k: Count = 2
     """Most probable architectures derived from α and retrained from scratch (the first is argmax α)."""
-    retrain_epochs: int = 10
+    retrain_epochs: Count = 10
     """Epochs of each derived model's retraining (early stopping: train.patience)."""
     out_dir: str = "search/dnas"
     """Output folder of ``naslung dnas`` (front.json, selected.json, pareto.png, summary.json, dnas.json with
@@ -269,21 +389,36 @@ class DnasParams:
     """MLflow experiment: the same as POP, so both strategies' runs sit side by side."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Params:
+    """The whole of ``params.yaml``: the seed and one section per area."""
+
     seed: int = 20211
+    """Seed of every split, sampler and training run."""
     paths: PathsParams = field(default_factory=PathsParams)
+    """Input and output locations."""
     synth: SynthParams = field(default_factory=SynthParams)
+    """Synthetic dataset."""
     prepare: PrepareParams = field(default_factory=PrepareParams)
+    """Patch extraction."""
     validate: ValidateParams = field(default_factory=ValidateParams)
+    """Data-validation bounds."""
     model: ModelParams = field(default_factory=ModelParams)
+    """Default architecture and head."""
     train: TrainParams = field(default_factory=TrainParams)
+    """Training runs."""
     latency: LatencyParams = field(default_factory=LatencyParams)
+    """Latency measurement."""
     search: SearchParams = field(default_factory=SearchParams)
+    """Architecture search."""
     serve: ServeParams = field(default_factory=ServeParams)
+    """Serving and CSV scoring."""
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
+    """Ensemble training and evaluation."""
     registry: RegistryParams = field(default_factory=RegistryParams)
+    """Model registry and retraining."""
     dnas: DnasParams = field(default_factory=DnasParams)
+    """Differentiable search."""
 
     @property
     def mlflow_uri(self) -> str:
@@ -299,59 +434,192 @@ class Params:
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> Params:
-        """Copy with whole sections or top-level values replaced (``p.replace(train=...)``)."""
+        """Copy with whole sections or top-level values replaced (``p.replace(train=...)``), validated."""
         return dataclasses.replace(self, **changes)
 
+    def with_overrides(self, overrides: Mapping[str, Any], *, drop_none: bool = False) -> Params:
+        """Copy with dotted keys set (``{"search.budget": 3, "seed": 7}``), validated by the schema.
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+        ``drop_none``: leave keys whose value is None unchanged (for optional CLI flags: None = not given).
+        """
+        return apply_overrides(self, overrides, drop_none=drop_none)
+
+
+# --- parsing, overrides, errors ---------------------------------------------------------------------------
+
+
+def _schema_fields(cls: Any) -> dict[str, Any]:
+    """``{name: FieldInfo}`` of a section (pydantic's resolved annotations and descriptions)."""
+    return dict(cls.__pydantic_fields__)
+
+
+def schema_keys() -> list[str]:
+    """Every leaf key of the schema, dotted (``seed``, ``paths.raw``, ... ``dnas.experiment``)."""
+    keys = []
+    for name, info in _schema_fields(Params).items():
+        if is_dataclass(info.annotation):
+            keys += [f"{name}.{sub}" for sub in _schema_fields(info.annotation)]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown(key: str) -> ParamsError:
+    sections = [k for k, info in _schema_fields(Params).items() if is_dataclass(info.annotation)]
+    near = difflib.get_close_matches(key, schema_keys() + sections, n=1, cutoff=0.6)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return ParamsError(f"params: unknown key '{key}'{hint}")
+
+
+def field_annotation(key: str) -> Any:
+    """The schema type of a dotted leaf key; :class:`ParamsError` naming the key when there is none."""
+    cls: Any = Params
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        info = _schema_fields(cls).get(part)
+        if info is None:
+            raise _unknown(key)
+        tp = info.annotation
+        if i < len(parts) - 1:
+            if not is_dataclass(tp):
+                raise _unknown(key)
+            cls = tp
     if is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"params: '{where}' must be a mapping, got {value!r}")
-        return _build(cast(type, tp), value, where)  # tp is a type hint: a dataclass class
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        # e.g. ``str | tuple[str, ...]``: a YAML list becomes the tuple member, anything else stays as it is
-        if isinstance(value, (list, tuple)):
-            for arg in typing.get_args(tp):
-                if typing.get_origin(arg) is tuple:
-                    return _coerce(arg, value, where)
-        return value
-    origin = getattr(tp, "__origin__", None)
-    if origin is tuple:
-        args: tuple[Any, ...] = getattr(tp, "__args__", ())
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
-            return tuple(_coerce(args[0], v, where) for v in value)
-        if args and len(args) == len(value):  # tuple[X, Y]
-            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
-        return tuple(value)
+        raise ParamsError(f"params: '{key}' is a section; set its keys ({key}.KEY=VALUE)")
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    """True for ``str`` and ``str | None`` fields (free text: spec strings, paths, cron expressions)."""
+    return tp is str or (set(get_args(tp)) == {str, type(None)})
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Value of ``--set key=text``: YAML (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``); for a text
+    field the text itself when it is not a YAML string (``model.spec=[4, 4, [4], [8], [8]]``,
+    ``serve.score_cron=*/15 * * * *``), so spec strings and cron expressions need no quoting."""
+    tp = field_annotation(key)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        if not _is_text(tp):
+            raise ParamsError(f"params: '{key}': value {text!r} is not valid YAML") from None
+        return text
+    if _is_text(tp) and not isinstance(value, str) and not (value is None and type(None) in get_args(tp)):
+        return text
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"params: unknown key(s) {unknown} in section '{where or 'top level'}'")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".strip(".")) for k, v in data.items()}
-    return cls(**kwargs)
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """``["search.budget=3", "train.betas=[0.5, 0.9]"]`` -> ``{"search.budget": 3, "train.betas": [0.5, 0.9]}``.
+
+    Keys are checked against the schema (an unknown key is a :class:`ParamsError` naming it); a later item
+    wins over an earlier one with the same key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParamsError(f"params: --set {item!r}: expected SECTION.KEY=VALUE")
+        out[key] = parse_value(key, text)
+    return out
 
 
-def parse_params(data: dict[str, Any] | None) -> Params:
-    """Build :class:`Params` from an already-parsed mapping (missing keys take the defaults)."""
-    return _build(Params, data or {})
+def _merge(data: dict[str, Any], overrides: Mapping[str, Any], drop_none: bool = False) -> dict[str, Any]:
+    """``data`` (a raw params mapping, not modified) with the dotted ``overrides`` set."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in overrides.items():
+        if value is None and drop_none:
+            continue
+        field_annotation(key)  # unknown key -> error naming it
+        head, _, leaf = key.rpartition(".")
+        if not head:
+            merged[leaf] = value
+            continue
+        section = merged.get(head)
+        if section is None:
+            section = merged[head] = {}
+        elif not isinstance(section, dict):
+            raise ParamsError(f"params: '{head}' must be a mapping, got {section!r}")
+        section[leaf] = value
+    return merged
 
 
-def load_params(path: str | os.PathLike[str] | None = None) -> Params:
-    """Read ``params.yaml`` (``NASLUNG_PARAMS`` or ./params.yaml by default) into :class:`Params`."""
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "top level"
+
+
+def _one_line(exc: ValidationError, source: str) -> ParamsError:
+    """One line naming each offending key and what is wrong with it."""
+    parts = []
+    for err in exc.errors():
+        where = _where(tuple(err["loc"]))
+        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            unknown = _unknown(where)
+            parts.append(str(unknown).removeprefix("params: "))
+            continue
+        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return ParamsError(f"{source}: " + "; ".join(parts))
+
+
+def _parse(data: Any, source: str) -> Params:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params(**data)
+    except ValidationError as exc:
+        raise _one_line(exc, source) from None
+    except TypeError as exc:  # a non-string key (``1: x``) never reaches pydantic's own checks
+        raise ParamsError(f"{source}: {exc}") from None
+
+
+def parse_params(data: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Build :class:`Params` from an already-parsed mapping (missing keys take the defaults), with dotted
+    ``overrides`` applied on top."""
+    raw = dict(data or {})
+    return _parse(_merge(raw, overrides) if overrides else raw, "params")
+
+
+def apply_overrides(params: Params, overrides: Mapping[str, Any], *, drop_none: bool = False) -> Params:
+    """``params`` with the dotted keys of ``overrides`` set (see :meth:`Params.with_overrides`)."""
+    given = {k: v for k, v in overrides.items() if v is not None or not drop_none}
+    if not given:
+        return params
+    return _parse(_merge(to_dict(params), given), "params")
+
+
+def load_params(
+    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None
+) -> Params:
+    """Read ``params.yaml`` (``NASLUNG_PARAMS`` or ./params.yaml by default) into :class:`Params`.
+
+    ``overrides``: dotted keys with values (``{"search.budget": 3}``) or ``--set`` items
+    (``["search.budget=3"]``, parsed by :func:`parse_set`); applied in order on top of the file.
+    """
     p = Path(path or os.environ.get("NASLUNG_PARAMS") or DEFAULT_PARAMS)
     if not p.exists():
         raise FileNotFoundError(f"params file not found: {p}")
-    return parse_params(yaml.safe_load(p.read_text(encoding="utf-8")) or {})
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    if overrides:
+        changes = dict(overrides) if isinstance(overrides, Mapping) else parse_set(overrides)
+        if not isinstance(data, dict):
+            raise ParamsError(f"{p}: expected a mapping of sections, got {type(data).__name__}")
+        data = _merge(data, changes)
+    return _parse(data, str(p))
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-data (JSON/YAML-safe) form of a params object."""
-    if is_dataclass(obj):
+    """Plain-data (JSON/YAML-safe) form of a params object: sections as dicts, tuples as lists."""
+    if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]

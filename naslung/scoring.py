@@ -7,7 +7,8 @@ Payload format (one HTTP request body): a NumPy ``.npy`` file (``np.save``, no p
 - dtype ``float32`` with values in [0, 1], or ``uint8`` (0..255, divided by 255 on arrival);
 - ``N >= 1`` and the body no larger than the configured limit (``serve.max_payload_mb``).
 
-Anything else raises :class:`PayloadError`, which carries an HTTP-ish status (400 malformed, 413 too
+The array checks are :func:`naslung.data.patches.check_patches`'s. Anything else raises
+:class:`PayloadError`, which carries an HTTP-ish status (400 malformed, 413 too
 large, 422 well-formed but unusable) and a message meant for the caller. This module imports neither
 TorchServe nor MLflow.
 
@@ -41,10 +42,9 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from naslung.data.patches import PATCH_SIZE, PatchArrayError, check_patches
 
-PATCH_SIZE = 32
-"""Voxels per side of a patch."""
+logger = logging.getLogger(__name__)
 
 
 class PayloadError(ValueError):
@@ -91,26 +91,14 @@ def decode_payload(
         raise PayloadError(f"cannot read the .npy payload (truncated or corrupt?): {exc}", 400) from exc
     if not isinstance(arr, np.ndarray):
         raise PayloadError("payload must be a single .npy array, not an archive", 400)
-    if arr.dtype not in (np.dtype(np.float32), np.dtype(np.uint8)):
-        raise PayloadError(f"dtype {arr.dtype} not accepted: send float32 in [0, 1] or uint8", 422)
-    p = patch_size
-    if arr.ndim == 5 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 4 or arr.shape[1:] != (p, p, p):
-        raise PayloadError(f"shape {tuple(arr.shape)} not accepted: expected (N, {p}, {p}, {p})", 422)
-    if arr.shape[0] == 0:
-        raise PayloadError("payload holds zero patches", 422)
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / np.float32(255.0)
+    try:
+        x = check_patches(arr, "payload", size=patch_size, dtypes=(np.float32, np.uint8))
+    except PatchArrayError as exc:
+        raise PayloadError(str(exc), 422) from exc
+    if x.dtype == np.uint8:
+        out = x.astype(np.float32) / np.float32(255.0)
     else:
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            rows = sorted({int(i) for i in np.nonzero(bad)[0][:1000]})
-            raise PayloadError(f"non-finite values (NaN/inf) in patch(es) {rows[:10]}", 422)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:
-            raise PayloadError(f"float32 values must lie in [0, 1]; got min {lo:.4g}, max {hi:.4g}", 422)
-        out = np.ascontiguousarray(arr, dtype=np.float32)
+        out = np.ascontiguousarray(x, dtype=np.float32)
     return out[:, None]
 
 

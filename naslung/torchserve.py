@@ -6,7 +6,12 @@ the inbox flow (``flows/score.py``) call this module; the handler itself is ``se
 Layout under ``<paths.artifacts>/serve`` (the serve dir):
 
 - ``model-store/<name>.mar`` + ``model-store/<name>.json``: the packaged ensemble and its model info
-  (registered name, version, alias, run id) — the same json is inside the .mar as ``model_info.json``.
+  (registered name, version, alias, run id, and the model card's facts: intended use, input format,
+  members, metrics, data and code versions) — the same json is inside the .mar as ``model_info.json``
+  (the serving package layout of :mod:`naslung.ensemble.layout`). The .mar also carries
+  ``model-config.yaml`` (:func:`model_config`): TorchServe's per-model keys and, under ``handler:``, the
+  handler's settings (device, torch threads, payload limit), read by the handler from
+  ``context.model_yaml_config`` — so they are fixed at ``serve package`` time.
 - ``config.properties``: the effective TorchServe config rendered from ``serving/config.properties``
   with the ``serve:`` params.
 - ``key_file.json``: written by TorchServe at start (token authorization, on by default in 0.12).
@@ -31,11 +36,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
+
+import yaml
+
+from naslung.ensemble import layout
 
 SERVING_DIR = Path(str(importlib.resources.files("serving")))
 """The installed ``serving`` package's folder (a source checkout's ``serving/`` or the wheel's copy); found as
@@ -103,19 +114,45 @@ def read_inference_key(key_file: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------- package
-def build_mar(ensemble_dir: Path, info: dict[str, Any], model_store: Path, handler: Path = HANDLER) -> Path:
-    """Archive ``ensemble_dir`` + ``model_info.json`` + the handler into ``<model_store>/<name>.mar``.
+def model_config(serve: Any) -> dict[str, Any]:
+    """The .mar's ``model-config.yaml`` from the ``serve:`` params: TorchServe's per-model keys (workers,
+    server-side batch, batch delay in ms, response timeout in s) and the ``handler:`` section the handler
+    reads (``device`` auto | cpu, ``torch_threads`` per worker (0: torch's default), ``max_payload_mb``)."""
+    return {
+        "minWorkers": int(serve.workers),
+        "maxWorkers": int(serve.workers),
+        "batchSize": int(serve.batch_size),
+        "maxBatchDelay": int(serve.max_batch_delay_ms),
+        "responseTimeout": int(serve.response_timeout_s),
+        "handler": {
+            "device": str(serve.device),
+            "torch_threads": int(serve.torch_threads),
+            "max_payload_mb": float(serve.max_payload_mb),
+        },
+    }
+
+
+def packaged_model_config(mar: Path) -> dict[str, Any] | None:
+    """The ``model-config.yaml`` inside a .mar (None when it has none)."""
+    with zipfile.ZipFile(mar) as z:
+        if layout.MODEL_CONFIG_FILE not in z.namelist():
+            return None
+        data = yaml.safe_load(z.read(layout.MODEL_CONFIG_FILE))
+    return data if isinstance(data, dict) else None
+
+
+def build_mar(ensemble_dir: Path, info: dict[str, Any], model_store: Path, serve: Any, handler: Path = HANDLER) -> Path:
+    """Archive ``ensemble_dir`` + ``model_info.json`` + ``model-config.yaml`` (:func:`model_config` of the
+    ``serve:`` params ``serve``) + the handler into ``<model_store>/<name>.mar``.
 
     ``info`` must hold ``name`` and ``version``; it is also written beside the .mar as ``<name>.json``.
     """
     name = str(info["name"])
-    if not (Path(ensemble_dir) / "members.json").exists():
-        raise FileNotFoundError(f"{ensemble_dir}: not an ensemble directory (no members.json)")
-    model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="naslung-mar-") as tmp:
-        stage = Path(tmp) / "extra"
-        shutil.copytree(ensemble_dir, stage / "ensemble")
-        (stage / "model_info.json").write_text(encoding="utf-8", data=json.dumps(info, indent=2) + "\n")
+        stage = layout.stage_package(Path(tmp) / "extra", ensemble_dir, info)
+        config = Path(tmp) / layout.MODEL_CONFIG_FILE
+        config.write_text(encoding="utf-8", data=yaml.safe_dump(model_config(serve), sort_keys=False))
+        model_store.mkdir(parents=True, exist_ok=True)
         cmd = [
             _venv_bin("torch-model-archiver"),
             "--model-name",
@@ -126,6 +163,8 @@ def build_mar(ensemble_dir: Path, info: dict[str, Any], model_store: Path, handl
             str(handler),
             "--extra-files",
             str(stage),
+            "--config-file",
+            str(config),
             "--export-path",
             str(model_store),
             "--force",
@@ -133,13 +172,14 @@ def build_mar(ensemble_dir: Path, info: dict[str, Any], model_store: Path, handl
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip()}")
-    (model_store / f"{name}.json").write_text(encoding="utf-8", data=json.dumps(info, indent=2) + "\n")
+    layout.write_model_info(model_store / f"{name}.json", info)
     return model_store / f"{name}.mar"
 
 
 def package_from_registry(params: Any, alias: str | None, version: str | None) -> Path:
     """Resolve the registered model (alias or explicit version) and build its .mar in the model store."""
     from naslung import registry
+    from naslung.card import ModelCard
 
     name = model_name_of(params)
     with tempfile.TemporaryDirectory(prefix="naslung-pkg-") as tmp:
@@ -154,7 +194,9 @@ def package_from_registry(params: Any, alias: str | None, version: str | None) -
             "max_payload_mb": params.serve.max_payload_mb,
             "packaged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return build_mar(Path(ens_dir), info, serve_dir(params) / "model-store")
+        if meta.get("card"):  # versions registered with a model card (all made by `naslung register`)
+            info.update(ModelCard.from_dict(meta["card"]).to_model_info())
+        return build_mar(Path(ens_dir), info, serve_dir(params) / "model-store", params.serve)
 
 
 # ----------------------------------------------------------------------------------------- server
@@ -300,6 +342,13 @@ def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0
     if not mar.exists() or not info_file.exists():
         raise FileNotFoundError(f"no packaged model at {mar}: run 'naslung serve package' first")
     info = json.loads(info_file.read_text(encoding="utf-8"))
+    packaged = packaged_model_config(mar)
+    if packaged != model_config(params.serve):
+        warnings.warn(
+            f"{mar}: packaged with the serve settings {packaged}, the params now say {model_config(params.serve)}; "
+            "the handler uses the packaged ones (re-run 'naslung serve package' to change them)",
+            stacklevel=2,
+        )
     (sdir / "logs").mkdir(parents=True, exist_ok=True)
     cfg = render_config(params, sdir, info)
     key_file = sdir / "key_file.json"
@@ -311,9 +360,6 @@ def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0
         {
             "LOG_LOCATION": str((sdir / "logs").resolve()),
             "METRICS_LOCATION": str((sdir / "logs").resolve()),
-            "NASLUNG_MAX_PAYLOAD_MB": str(params.serve.max_payload_mb),
-            "NASLUNG_TORCH_THREADS": str(params.serve.torch_threads),
-            "NASLUNG_DEVICE": params.serve.device,
             "TS_DISABLE_SYSTEM_METRICS": "true",
         }
     )

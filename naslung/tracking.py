@@ -1,6 +1,8 @@
-"""MLflow adapter of the training area (the only module here that imports mlflow).
+"""MLflow adapter: :class:`MlflowTracker` (the :class:`naslung.tracker.Tracker` of training, POP and DNAS),
+the NASLung pyfunc model flavour and the tracking URI. With :mod:`naslung.registry` the only modules of the
+library that import mlflow.
 
-What one training run records (see :func:`training_run` and :func:`log_outcome`):
+What one training run records (see :func:`training_run`; the layout is :func:`naslung.train.run.run_training`'s):
 
 * params: spec fields, spec id, fold split, seed, loss type, CBAM flag, train/model hyper-parameters,
   device and threads; tags: ``mlflow.source.git.commit`` (``git rev-parse HEAD``; absent without git),
@@ -8,20 +10,26 @@ What one training run records (see :func:`training_run` and :func:`log_outcome`)
 * metrics: per-epoch train/val loss and validation metrics (step = epoch), param count, FLOPs per nodule,
   latency (ms per nodule at each batch size) and the final test metrics prefixed ``test_``;
 * artifacts: ``spec.json``, ``history.json``, ``test_predictions.csv``, ROC / confusion / curve PNGs under
-  ``plots/``, and the model (``name="model"``) as a pyfunc :class:`NASLungPyfunc` wrapping the state dict
-  and spec JSON, with the signature float32 (-1, 1, 32, 32, 32) -> malignancy probability (-1,);
+  ``plots/``, and the model (``name="model"``) as a pyfunc :class:`naslung.pyfunc.NASLungPyfunc` wrapping
+  the state dict and spec JSON, with the signature float32 (-1, 1, 32, 32, 32) -> malignancy probability (-1,);
 * input: the patch manifest via ``mlflow.log_input`` (source = manifest path, digest = the md5 recorded
   for it in ``dvc.lock`` when the prepare stage is locked there, else the file's own md5).
+
+Search runs (layout in :mod:`naslung.search.runs`) are parents addressed by id (:func:`open_parent`,
+:func:`children`, :func:`end_run`; ``run_id=`` on the ``log_*`` functions) through :class:`mlflow.MlflowClient`,
+because MLflow's current run is per thread and candidates train in other threads or Dask workers; their
+nested runs are :func:`training_run` with ``parent_run_id`` (``mlflow.start_run(parent_run_id=...,
+nested=True)``), never an implicit active parent.
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else ``params.paths.mlflow_uri``; telemetry is switched off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,14 +41,15 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
 
-from naslung.lineage import file_md5, git_commit, stage_outs_md5
+from naslung.lineage import data_identity, git_commit
+from naslung.pyfunc import NASLungPyfunc, model_signature
+from naslung.tracker import RunRecord
 
 MODEL_NAME = "model"
-INPUT_SHAPE = (-1, 1, 32, 32, 32)
 
 
 def set_uri(uri: str | None) -> str:
@@ -54,8 +63,9 @@ def set_uri(uri: str | None) -> str:
     return resolved
 
 
-def configure(uri: str | None, experiment: str = "naslung-train", artifacts_root: str | Path | None = None) -> str:
-    """Point MLflow tracking and registry at ``MLFLOW_TRACKING_URI`` or ``uri`` and select ``experiment``.
+def configure(uri: str | None, experiment: str | None = None, artifacts_root: str | Path | None = None) -> str:
+    """Point MLflow tracking and registry at ``MLFLOW_TRACKING_URI`` or ``uri`` and select ``experiment``
+    (none: only the URI; a search's parent run picks its experiment in :func:`open_parent`).
 
     For a database store without a server (``sqlite:///…``, ``postgresql://…``) the sqlite folder is created
     and a new experiment keeps its artifacts under ``artifacts_root`` (params ``paths.mlflow_artifacts``)
@@ -63,31 +73,22 @@ def configure(uri: str | None, experiment: str = "naslung-train", artifacts_root
     artifact storage to the server. Returns the URI in use.
     """
     resolved = set_uri(uri)
-    served = resolved.startswith(("http://", "https://", "databricks"))
-    if not served and artifacts_root is not None and mlflow.get_experiment_by_name(experiment) is None:
-        root = Path(artifacts_root).resolve() / experiment
-        root.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(MlflowException):  # created concurrently
-            mlflow.create_experiment(experiment, artifact_location=root.as_uri())
+    if experiment is None:
+        return resolved
+    if mlflow.get_experiment_by_name(experiment) is None:
+        experiment_id(experiment, artifacts_root)
     mlflow.set_experiment(experiment)
     return resolved
 
 
 def data_digest(manifest: str | Path, dvc_lock: str | Path | None = None) -> dict[str, str]:
-    """md5 of the manifest (and patches when listed) from ``dvc.lock``; the manifest file's md5 otherwise.
+    """md5s of the patch store holding ``manifest`` (:func:`naslung.lineage.data_identity`): from the
+    ``prepare`` outs of ``dvc.lock`` when it lists both files, else hashed from the files.
 
-    Returns {"digest": ..., "origin": "dvc.lock" | "file", optionally "patches_md5": ...}.
+    Returns {"digest": manifest md5, "origin": "dvc.lock" | "file", "patches_md5": patches.npy md5}.
     """
-    manifest = Path(manifest).resolve()
-    if dvc_lock is not None:
-        outs = stage_outs_md5(dvc_lock, "prepare")
-        if outs.get(manifest):
-            found = {"digest": str(outs[manifest]), "origin": "dvc.lock"}
-            patches_md5 = outs.get(manifest.parent / "patches.npy")
-            if patches_md5:
-                found["patches_md5"] = str(patches_md5)
-            return found
-    return {"digest": file_md5(manifest), "origin": "file"}
+    ident = data_identity(Path(manifest).parent, dvc_lock)
+    return {"digest": ident.md5["manifest"], "origin": ident.origin, "patches_md5": ident.md5["patches"]}
 
 
 def log_manifest_input(manifest: str | Path, dvc_lock: str | Path | None = None, context: str = "training") -> None:
@@ -105,52 +106,11 @@ def log_manifest_input(manifest: str | Path, dvc_lock: str | Path | None = None,
             digest=info["digest"],
             targets="label" if "label" in df.columns else None,
         )
-        tags = {"digest_origin": info["origin"]}
-        if "patches_md5" in info:
-            tags["patches_md5"] = info["patches_md5"]
+        tags = {"digest_origin": info["origin"], "patches_md5": info["patches_md5"]}
         mlflow.log_input(ds, context=context, tags=tags)
 
 
 # --- model flavour ----------------------------------------------------------------------------------
-
-
-class NASLungPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of one NASLungNet or DnasNet: artifacts ``weights`` (state dict .pt) and ``spec`` (JSON).
-
-    ``predict`` takes float32 (n, 1, 32, 32, 32) (or (n, 32, 32, 32)) in [0, 1] and returns the
-    malignancy probability softmax(model(x))[:, 1] as float32 (n,).
-    """
-
-    def load_context(self, context: Any) -> None:
-        from naslung.models.factory import build, spec_from_dict
-
-        meta = json.loads(Path(context.artifacts["spec"]).read_text(encoding="utf-8"))
-        self.spec = spec_from_dict(meta["spec"])  # ArchSpec or DNAS-derived DnasArch
-        self.model = build(self.spec, margin_m=int(meta.get("margin_m", 4)))
-        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state)
-        self.model.eval()
-
-    # np.ndarray is a hint MLflow does not infer a schema from: the explicit tensor signature governs input.
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        if isinstance(model_input, dict):  # a named-tensor payload: {"patch": array}
-            (model_input,) = model_input.values()
-        x = np.asarray(model_input, dtype=np.float32)
-        if x.ndim == 4:
-            x = x[:, None]
-        if x.ndim != 5 or x.shape[1:] != (1, 32, 32, 32):
-            raise ValueError(f"NASLungPyfunc: expected (n, 1, 32, 32, 32) float32, got {x.shape}")
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(np.ascontiguousarray(x)))
-            return torch.softmax(logits.float(), dim=1)[:, 1].numpy().astype(np.float32)
-
-
-def model_signature() -> ModelSignature:
-    """float32 (-1, 1, 32, 32, 32) -> float32 (-1,) malignancy probability."""
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), INPUT_SHAPE)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
-    )
 
 
 MODEL_REQUIREMENTS = ("torch", "numpy", "pandas", "mlflow", "PyYAML", "scipy", "tqdm")
@@ -201,6 +161,22 @@ def load_model(model_uri: str) -> Any:
 
 # --- run logging ------------------------------------------------------------------------------------
 
+SEARCH_ARTIFACTS = "artifacts"  # default artifacts folder beside a sqlite store
+"""Folder next to a sqlite store where experiments opened by :func:`open_parent` keep their artifacts."""
+
+
+def _param_values(params: Mapping[str, Any]) -> dict[str, str]:
+    """Flat params as MLflow stores them: lists, tuples and dicts as JSON, the rest as ``str``."""
+    return {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))[:6000] for k, v in params.items()}
+
+
+def _finite(metrics: Mapping[str, float], prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items() if np.isfinite(float(v))}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 @contextmanager
 def training_run(
@@ -209,35 +185,191 @@ def training_run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[str]:
-    """Start an MLflow run, log ``params`` (flat) and tags incl. the git commit; yields the run id."""
-    with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, nested=parent_run_id is not None) as run:
+    """Start an MLflow run (nested under ``parent_run_id``, in the parent's experiment, when given), log
+    ``params`` (flat) and tags incl. the git commit; yields the run id."""
+    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    with mlflow.start_run(
+        run_name=run_name, experiment_id=experiment_id, parent_run_id=parent_run_id, nested=parent_run_id is not None
+    ) as run:
         commit = git_commit(Path(__file__).resolve().parent)
         all_tags = dict(tags or {})
         if commit:
             all_tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags(all_tags)
-        mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()})
+        mlflow.log_params(_param_values(params))
         yield run.info.run_id
 
 
-def log_epoch(row: Mapping[str, float]) -> None:
-    """Per-epoch metrics of the active run (step = epoch)."""
-    step = int(row["epoch"])
-    metrics = {("epoch_seconds" if k == "seconds" else k): float(v) for k, v in row.items() if k != "epoch"}
-    mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=step)
+def artifact_location(experiment: str, artifacts_root: str | Path | None = None) -> str | None:
+    """Where a new ``experiment`` keeps its artifacts: ``<artifacts_root>/<experiment>`` as a file URI, with
+    ``artifacts_root`` defaulting to ``<folder of the sqlite db>/artifacts`` (the embedded default
+    ``mlflow/artifacts``; never ./mlruns of whatever the working folder is); None (the server, or MLflow's
+    default, decides) for a server URI, or a database URI without ``artifacts_root``."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    if artifacts_root is None and uri.startswith("sqlite:///"):
+        artifacts_root = Path(uri[len("sqlite:///") :]).resolve().parent / SEARCH_ARTIFACTS
+    if artifacts_root is None:
+        return None
+    root = Path(artifacts_root).resolve() / experiment
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
 
 
-def log_metrics(metrics: Mapping[str, float], prefix: str = "") -> None:
-    """Scalar metrics of the active run (nan/inf values are skipped: MLflow stores them poorly)."""
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if np.isfinite(float(v))})
+def experiment_id(name: str, artifacts_root: str | Path | None = None) -> str:
+    """Id of experiment ``name``, created (artifacts at :func:`artifact_location`) when absent."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location(name, artifacts_root)))
+    except MlflowException:  # created concurrently
+        return str(client.get_experiment_by_name(name).experiment_id)  # type: ignore[union-attr]
 
 
-def log_dict(obj: Any, artifact_file: str) -> None:
-    mlflow.log_dict(obj, artifact_file)
+def _tag_filter(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
 
 
-def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path)
+def _search(experiment_ids: list[str], filter_string: str) -> list[Any]:
+    """Every run matching ``filter_string``, oldest first (all result pages)."""
+    client = MlflowClient()
+    out: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def find_run(experiment: str, key_tags: Mapping[str, str]) -> str | None:
+    """Id of the oldest run of ``experiment`` carrying all ``key_tags``, or None."""
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = _search([exp.experiment_id], _tag_filter(key_tags))
+    return str(runs[0].info.run_id) if runs else None
+
+
+def open_parent(
+    experiment: str,
+    run_name: str,
+    key_tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> tuple[str, bool]:
+    """Reopen (RUNNING) the oldest run of ``experiment`` with all ``key_tags`` or create it (experiment
+    created per :func:`experiment_id`; ``params`` logged on a new run only); returns (run id, resumed?)."""
+    client = MlflowClient()
+    exp_id = experiment_id(experiment)
+    found = find_run(experiment, key_tags)
+    if found is not None:
+        client.update_run(found, status="RUNNING")
+        return found, True
+    run = client.create_run(exp_id, run_name=run_name, tags={**key_tags, **(tags or {})})
+    values = _param_values(params)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in values.items()])
+    return str(run.info.run_id), False
+
+
+def children(run_id: str | None, status: str | None = None) -> list[RunRecord]:
+    """Nested runs of ``run_id`` (optionally only one status, e.g. ``FINISHED``), oldest first."""
+    if run_id is None:
+        return []
+    parent = MlflowClient().get_run(run_id)
+    filt = f"tags.`mlflow.parentRunId` = '{run_id}'"
+    if status:
+        filt += f" and attributes.status = '{status}'"
+    return [
+        RunRecord(r.info.run_id, r.info.status, dict(r.data.params), dict(r.data.metrics), dict(r.data.tags))
+        for r in _search([parent.info.experiment_id], filt)
+    ]
+
+
+def end_run(run_id: str | None, status: str = "FINISHED") -> None:
+    """Close run ``run_id`` (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+    if run_id is not None:
+        MlflowClient().set_terminated(run_id, status=status)
+
+
+def log_epoch(row: Mapping[str, float], run_id: str | None = None) -> None:
+    """Per-epoch metrics (step = epoch) of the current run, or of run ``run_id``."""
+    metrics = {("epoch_seconds" if k == "seconds" else k): v for k, v in row.items() if k != "epoch"}
+    log_metrics(metrics, step=int(row["epoch"]), run_id=run_id)
+
+
+def log_metrics(
+    metrics: Mapping[str, float], prefix: str = "", *, step: int | None = None, run_id: str | None = None
+) -> None:
+    """Scalar metrics of the current run or of run ``run_id`` (nan/inf values are skipped: MLflow stores them
+    poorly)."""
+    values = _finite(metrics, prefix)
+    if run_id is None:
+        mlflow.log_metrics(values, step=step)
+        return
+    ts = _now_ms()  # the client splits a long batch into the store's limits
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, v, ts, step or 0) for k, v in values.items()])
+
+
+def set_tags(tags: Mapping[str, str], run_id: str | None = None) -> None:
+    if run_id is None:
+        mlflow.set_tags(dict(tags))
+        return
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dict(obj: Any, artifact_file: str, run_id: str | None = None) -> None:
+    if run_id is None:
+        mlflow.log_dict(obj, artifact_file)
+    else:
+        MlflowClient().log_dict(run_id, obj, artifact_file)
+
+
+def load_dict(run_id: str | None, artifact_file: str) -> Any | None:
+    """The JSON artifact ``artifact_file`` (top level of the run) of run ``run_id``, or None."""
+    if run_id is None:
+        return None
+    client = MlflowClient()
+    if not any(f.path == artifact_file for f in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text(encoding="utf-8"))
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    if run_id is None:
+        mlflow.log_artifact(str(path), artifact_path)
+    else:
+        MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
+class MlflowTracker:
+    """:class:`naslung.tracker.Tracker` on MLflow (tracking URI, experiment and the current run are MLflow's
+    own process/thread state, so the class holds none; the functions above do the work)."""
+
+    configure = staticmethod(configure)
+    training_run = staticmethod(training_run)
+    open_parent = staticmethod(open_parent)
+    children = staticmethod(children)
+    end_run = staticmethod(end_run)
+    log_manifest_input = staticmethod(log_manifest_input)
+    log_epoch = staticmethod(log_epoch)
+    log_metrics = staticmethod(log_metrics)
+    set_tags = staticmethod(set_tags)
+    log_dict = staticmethod(log_dict)
+    load_dict = staticmethod(load_dict)
+    log_artifact = staticmethod(log_artifact)
+    log_model = staticmethod(log_model)
 
 
 def run_summary(run_id: str) -> dict[str, Any]:

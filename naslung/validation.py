@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from naslung.artifact_paths import MANIFEST_FILE, ArtifactPaths
 from naslung.checks.gx import CheckReport, Failure, missing_columns, run_expectations
+from naslung.lineage import data_identity
 from naslung.params import Params
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
@@ -97,7 +99,7 @@ def check_manifest(manifest: pd.DataFrame, p: Params) -> CheckReport:
 
     missing = missing_columns(manifest, MANIFEST_COLUMNS)
     if missing:
-        return _column_report("manifest", "manifest.csv", len(manifest), missing)
+        return _column_report("manifest", MANIFEST_FILE, len(manifest), missing)
     lo, hi = p.validate.class_fraction
     n_folds = p.prepare.n_folds
     frame = manifest[list(MANIFEST_COLUMNS)].copy()
@@ -183,25 +185,23 @@ def check_patches(patches: np.ndarray, n_manifest: int, patch_size: int) -> Chec
 def validate(p: Params, annotations: Path | None = None, artifacts: Path | None = None) -> dict[str, Any]:
     """Run the three suites and write ``<artifacts>/validation.json``; returns its content."""
     annotations = Path(annotations or p.paths.annotations)
-    artifacts = Path(artifacts or p.paths.artifacts)
-    manifest = pd.read_csv(artifacts / "manifest.csv")
-    patches = np.load(artifacts / "patches.npy", mmap_mode="r")
+    out = ArtifactPaths.from_params(p, artifacts=artifacts).artifacts
+    manifest = pd.read_csv(out.manifest)
+    patches = np.load(out.patches, mmap_mode="r")
     reports = [
         check_annotations(annotations, p),
         check_manifest(manifest, p),
         check_patches(patches, len(manifest), p.prepare.patch_size),
     ]
-    from naslung.lineage import store_md5
-
     result = {
         "success": all(r.success for r in reports),
         "annotations": str(annotations),
-        "artifacts": str(artifacts),
+        "artifacts": str(out.root),
         # which data this verdict is about: the gate refuses a model trained on other data
-        "md5": store_md5(artifacts),
+        "md5": data_identity(out.root).md5,
         "suites": {r.check: r.to_dict() for r in reports},
     }
-    (artifacts / "validation.json").write_text(encoding="utf-8", data=json.dumps(result, indent=2) + "\n")
+    out.validation.write_text(encoding="utf-8", data=json.dumps(result, indent=2) + "\n")
     return result
 
 

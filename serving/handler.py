@@ -1,7 +1,8 @@
 """TorchServe handler for the NASLung ensemble (packaged into the .mar by ``naslung serve package``).
 
-The .mar holds ``ensemble/`` (``members.json`` + ``member_<i>.pt``, the ``Ensemble.save`` layout) and
-``model_info.json`` (registered model name, version, alias, run id). Request body: see
+The .mar holds the serving package of :mod:`naslung.ensemble.layout`: ``ensemble/`` (``members.json`` +
+``member_<i>.pt``, the ``Ensemble.save`` layout) and ``model_info.json`` (registered model name, version,
+alias, run id, the model card's facts), plus ``model-config.yaml``. Request body: see
 ``naslung.scoring`` (``.npy`` of (N, 32, 32, 32) float32 in [0, 1] or uint8). Response: a JSON list,
 one object per patch (probability, label, votes, member_probs, model_name, model_version).
 
@@ -17,21 +18,23 @@ and CUDA is available, on CPU otherwise. A bad request gets its own 4xx (``conte
 with ``idx``) and a JSON ``{"error", "status"}`` body; the others in the batch are answered normally
 and the worker keeps running.
 
-Environment (set by ``naslung serve start``): ``NASLUNG_MAX_PAYLOAD_MB`` (request size limit),
-``NASLUNG_TORCH_THREADS`` (torch threads per worker), ``NASLUNG_DEVICE`` (``auto`` | ``cpu``).
+Settings: the ``handler:`` section of the .mar's ``model-config.yaml`` (written by ``naslung serve package``
+from the ``serve:`` params, read from ``context.model_yaml_config``): ``device`` (``auto`` | ``cpu``),
+``torch_threads`` (torch threads per worker; 0 keeps torch's default) and ``max_payload_mb`` (request size
+limit in MiB; default ``model_info.json``'s ``max_payload_mb``, else 16).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from naslung.ensemble import layout
 from naslung.ensemble.model import Ensemble
 from naslung.scoring import ModelId, score_requests
 
@@ -69,20 +72,20 @@ class NASLungHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         props = context.system_properties
         model_dir = Path(props.get("model_dir", "."))
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         gpu_id = props.get("gpu_id")
-        want = os.environ.get("NASLUNG_DEVICE", "auto")
-        if want != "cpu" and gpu_id is not None and torch.cuda.is_available():
+        if str(settings.get("device", "auto")) != "cpu" and gpu_id is not None and torch.cuda.is_available():
             self.device = torch.device(f"cuda:{gpu_id}")
         else:
             self.device = torch.device("cpu")
-        threads = int(os.environ.get("NASLUNG_TORCH_THREADS", "0") or 0)
+        threads = int(settings.get("torch_threads") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
-        info = json.loads((model_dir / "model_info.json").read_text(encoding="utf-8"))
+        ensemble_dir, info = layout.read_package(model_dir)
         self.model_id = ModelId(name=str(info["name"]), version=str(info["version"]))
-        max_mb = float(os.environ.get("NASLUNG_MAX_PAYLOAD_MB") or info.get("max_payload_mb", 16.0))
+        max_mb = float(settings.get("max_payload_mb") or info.get("max_payload_mb", 16.0))
         self.max_bytes = int(max_mb * 1024 * 1024)
-        self.ensemble = Ensemble.load(model_dir / "ensemble", device=str(self.device))
+        self.ensemble = Ensemble.load(ensemble_dir, device=str(self.device))
         self.context = context
         self.initialized = True
         logger.info(

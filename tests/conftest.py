@@ -50,14 +50,15 @@ def _torch_threads() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-# Tests that start a server (MLflow server, Prefect, DVC in a git repo, TorchServe, PostgreSQL) are marked
-# ``integration``; ``make test-fast`` runs the others.
-_SERVER_MODULES = {"test_retrain_flow", "test_search_flow", "test_pipeline_dvc", "test_tracking", "test_registry"}
-_SERVER_FIXTURES = {"test_serving": {"env", "client"}}  # test_serving's running TorchServe
+# Tests by kind, one folder each: unit/ (pure functions, parsers, contracts with in-process fakes), data/ (ingest,
+# synthesis, validation, extraction on real and synthetic scans), model/ (networks, training protocol,
+# behavioural properties), integration/ (a real MLflow server, Prefect server/deployments, DVC in a git repo,
+# TorchServe, PostgreSQL). Everything under integration/ is marked ``integration``; ``make test-fast`` leaves
+# it out.
+_INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if module in _SERVER_MODULES or _SERVER_FIXTURES.get(module, set()) & set(item.fixturenames):
+        if _INTEGRATION in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)

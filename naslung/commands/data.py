@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from naslung.commands import params_of
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     prep = sub.add_parser(
@@ -23,13 +25,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from naslung.data.prepare import prepare
-    from naslung.params import load_params
 
-    params = load_params(args.params)
+    params = params_of(
+        args, {"paths.raw": args.raw, "paths.annotations": args.annotations, "paths.artifacts": args.out}
+    )
     summary = prepare(
-        args.raw or params.paths.raw,
-        args.annotations or params.paths.annotations,
-        args.out or params.paths.artifacts,
+        params.paths.raw,
+        params.paths.annotations,
+        params.paths.artifacts,
         params.prepare,
         progress=not args.no_progress,
     )
@@ -77,19 +80,13 @@ def _add_data_group(sub: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from naslung.data.synth import synthesize
-    from naslung.params import load_params
 
-    params = load_params(args.params)
-    changes = {
-        k: v for k, v in {"n_scans": args.n_scans, "seed": args.seed, "workers": args.workers}.items() if v is not None
-    }
-    synth_params = dataclasses.replace(params.synth, **changes)
-    summary = synthesize(
-        args.out or params.paths.raw, synth_params, render=not args.tables_only, progress=not args.no_progress
+    params = params_of(
+        args,
+        {"synth.n_scans": args.n_scans, "synth.seed": args.seed, "synth.workers": args.workers, "paths.raw": args.out},
     )
+    summary = synthesize(params.paths.raw, params.synth, render=not args.tables_only, progress=not args.no_progress)
     brief = {
         k: summary[k]
         for k in ("n_scans", "n_nodules", "n_malignant", "n_benign", "n_excluded", "diameter_baseline", "raw_bytes")

@@ -88,25 +88,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from naslung.commands import params_of
     from naslung.ensemble.training import member_specs, train_ensemble
-    from naslung.params import load_params
 
-    params = load_params(args.params)
+    params = params_of(args)
     specs = member_specs(params, args.members)
     print(f"{len(specs)} member specs x folds {list(params.ensemble.folds)}")
     from naslung import tracking
 
-    index = train_ensemble(params, specs, tracker=None if args.no_log else tracking)
+    index = train_ensemble(params, specs, tracker=None if args.no_log else tracking.MlflowTracker())
     done = sum(1 for m in index["members"] if m["cached"])
     print(f"{len(index['members'])} members ({done} from cache); ensemble saved to {index['model_dir']}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from naslung.commands import params_of
     from naslung.ensemble.evaluation import evaluate_ensemble, table_markdown
-    from naslung.params import load_params
 
-    params = load_params(args.params)
+    params = params_of(args)
     result = evaluate_ensemble(params)
     print(table_markdown(result))
     print("size curve (F1 mean): " + ", ".join(f"n={n}: {v['f1_mean']:.3f}" for n, v in result["size_curve"].items()))
@@ -117,9 +117,10 @@ def _register(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from naslung import registry
-    from naslung.params import load_params
+    from naslung.artifact_paths import ArtifactPaths
+    from naslung.commands import params_of
 
-    params = load_params(args.params)
+    params = params_of(args)
     reg = registry.register(params, search_id=args.search_run_id)
     record: dict[str, object] = {
         "name": reg.name,
@@ -130,7 +131,7 @@ def _register(args: argparse.Namespace) -> int:
     if args.promote:
         # The gate's refusal is a normal outcome of a pipeline run (the champion stays), not a failure.
         record["gate"] = registry.promote(params, reg.version).as_dict()
-    out = Path(args.out or Path(params.paths.artifacts) / "registration.json")
+    out = Path(args.out or ArtifactPaths.from_params(params).artifacts.registration)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(encoding="utf-8", data=json.dumps(record, indent=1) + "\n")
     return 0
@@ -138,27 +139,27 @@ def _register(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     from naslung import registry
-    from naslung.params import load_params
+    from naslung.commands import params_of
 
-    decision = registry.promote(load_params(args.params), args.version)
+    decision = registry.promote(params_of(args), args.version)
     print(json.dumps(decision.as_dict()))
     return 0 if decision.promoted else 1
 
 
 def _rollback(args: argparse.Namespace) -> int:
     from naslung import registry
-    from naslung.params import load_params
+    from naslung.commands import params_of
 
-    registry.rollback(load_params(args.params))
+    registry.rollback(params_of(args))
     return 0
 
 
 def _mlflow_ui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from naslung.params import load_params
+    from naslung.commands import params_of
 
-    params = load_params(args.params)
+    params = params_of(args)
     uri = params.mlflow_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from naslung.commands import params_of
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser(
@@ -77,11 +79,10 @@ def run_panel(args: argparse.Namespace) -> int:
     from naslung.data.store import PatchStore
     from naslung.explain.panel import explain_test_fold
     from naslung.models.spec import ArchSpec
-    from naslung.params import load_params
     from naslung.train.loop import fit, resolve_device
     from naslung.train.protocol import make_split, open_split
 
-    params = load_params(args.params)
+    params = params_of(args)
     torch.set_num_threads(max(1, params.train.num_threads))
     store = PatchStore.open(args.artifacts or params.paths.artifacts)
     fold = params.search.fold if args.fold is None else args.fold
@@ -113,27 +114,21 @@ def run_panel(args: argparse.Namespace) -> int:
 
 def run_dnas(args: argparse.Namespace) -> int:
     """Handler of ``naslung dnas``: :func:`naslung.search.dnas_run.run_dnas_search` into ``dnas.out_dir``."""
-    import dataclasses
     import json
 
-    from naslung.params import load_params
     from naslung.search.dnas_run import run_dnas_search
     from naslung.search.ids import default_search_id
 
-    params = load_params(args.params)
-    changes = {"epochs": args.epochs, "retrain_epochs": args.retrain_epochs, "derive_k": args.derive_k}
-    params = params.replace(
-        dnas=dataclasses.replace(params.dnas, **{k: v for k, v in changes.items() if v is not None})
+    params = params_of(
+        args, {"dnas.epochs": args.epochs, "dnas.retrain_epochs": args.retrain_epochs, "dnas.derive_k": args.derive_k}
     )
     artifacts = str(args.artifacts or params.paths.artifacts)
     search_id = args.search_id or default_search_id(params, artifacts, strategy="dnas")
-    tracker = None
-    if not args.no_mlflow:
-        from naslung.search.dnas_tracking import MlflowDnasTracker, tracker_params
+    from naslung.tracker import NullTracker
+    from naslung.tracking import MlflowTracker
 
-        tracker = MlflowDnasTracker(
-            params.mlflow_uri, params.dnas.experiment, search_id, tracker_params(params, search_id)
-        )
+    tracker = NullTracker() if args.no_mlflow else MlflowTracker()
+    tracker.configure(params.mlflow_uri)
     result = run_dnas_search(
         params,
         artifacts,

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import get_args
+
+from naslung.commands import params_of
+from naslung.params import SEARCH_STRATEGIES, Runner
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -25,11 +29,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``naslung search`` (also used by ``python -m flows.search``)."""
-    parser.add_argument("--strategy", choices=["pop", "dnas"], help="search strategy (default: search.strategy)")
+    """The options of ``naslung search``."""
+    parser.add_argument("--strategy", choices=SEARCH_STRATEGIES, help="search strategy (default: search.strategy)")
     parser.add_argument("--budget", type=int, help="POP: most candidates to train (default: search.budget)")
     parser.add_argument("--epochs", type=int, help="POP: training epochs per candidate (default: search.epochs)")
-    parser.add_argument("--runner", choices=["local", "dask"], help="task runner (default: search.runner)")
+    parser.add_argument("--runner", choices=get_args(Runner), help="task runner (default: search.runner)")
     parser.add_argument("--batch-size", type=int, help="candidates per iteration (default: search.batch_size)")
     parser.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786 (implies --runner dask)")
     parser.add_argument("--search-id", help="search id; the same id resumes (default: hash of the configuration)")
@@ -40,24 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``naslung search``."""
-    import dataclasses
-
-    from naslung.params import load_params
-
-    params = load_params(args.params)
-    changes = {
-        "budget": args.budget,
-        "epochs": args.epochs,
-        "runner": "dask" if args.dask_address else args.runner,
-        "batch_size": args.batch_size,
-        "dask_address": args.dask_address,
-        "strategy": getattr(args, "strategy", None),
-    }
-    changes = {k: v for k, v in changes.items() if v is not None}
-    for key in ("budget", "epochs", "batch_size"):
-        if key in changes and changes[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {changes[key]}")
-    params = params.replace(search=dataclasses.replace(params.search, **changes))
+    params = params_of(
+        args,
+        {
+            "search.budget": args.budget,
+            "search.epochs": args.epochs,
+            "search.runner": "dask" if args.dask_address else args.runner,
+            "search.batch_size": args.batch_size,
+            "search.dask_address": args.dask_address,
+            "search.strategy": getattr(args, "strategy", None),
+        },
+    )
 
     from flows.search import run_search
 

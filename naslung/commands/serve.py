@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 
 from naslung.torchserve import (
-    model_name_of,
     package_from_registry,
-    read_inference_key,
-    serve_dir,
     server_status,
     start_server,
     stop_server,
@@ -68,9 +65,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from naslung.params import load_params
+    from naslung.commands import params_of
 
-    params = load_params(args.params)
+    params = params_of(args)
     alias = None if args.version else (args.alias or "champion")
     mar = package_from_registry(params, alias=alias, version=args.version)
     info = json.loads(mar.with_suffix(".json").read_text(encoding="utf-8"))
@@ -79,9 +76,9 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from naslung.params import load_params
+    from naslung.commands import params_of
 
-    params = load_params(args.params)
+    params = params_of(args)
     try:
         server = start_server(params)
     except RuntimeError as exc:
@@ -98,34 +95,22 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from naslung.params import load_params
+    from naslung.commands import params_of
 
-    status = server_status(load_params(args.params))
+    status = server_status(params_of(args))
     print(json.dumps(status, indent=2))
     return 0 if status.get("ready") else 1
 
 
 def _score(args: argparse.Namespace) -> int:
-    from naslung.params import load_params
-    from naslung.score_csv import ServingClient, score_csv
+    from naslung.commands import params_of
+    from naslung.score_csv import score_with_server
 
-    params = load_params(args.params)
-    sdir = serve_dir(params)
-    name = model_name_of(params)
-    s = params.serve
-    client = ServingClient(
-        f"http://{s.host}:{s.inference_port}",
-        name,
-        read_inference_key(sdir / "key_file.json"),
-        timeout_s=s.response_timeout_s,
-    )
-    summary = score_csv(
+    summary = score_with_server(
+        params_of(args),
         Path(args.csv),
         Path(args.scans),
         Path(args.out),
-        client,
-        params.prepare,
-        s,
         progress=not args.no_progress,
         explain=bool(getattr(args, "explain", False)),
     )

@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
+
+from naslung.commands import params_of
+from naslung.params import HEADS, LrSchedule
 
 SPEC_HELP = (
     'architecture spec, bare list "[4, 4, [4, 4], [4, 8], [8, 8]]" or reference form "spcbam[...]" '
@@ -17,7 +20,7 @@ SPEC_HELP = (
 def _add_spec_args(p: argparse.ArgumentParser, head: bool = True) -> None:
     p.add_argument("--spec", help=SPEC_HELP)
     if head:
-        p.add_argument("--head", choices=("asoftmax", "linear"), help="classifier head (default: params model.head)")
+        p.add_argument("--head", choices=HEADS, help="classifier head (default: params model.head)")
     cbam = p.add_mutually_exclusive_group()
     cbam.add_argument("--cbam", dest="cbam", action="store_true", default=None, help="use CBAM attention")
     cbam.add_argument("--no-cbam", dest="cbam", action="store_false", help="no CBAM attention")
@@ -30,7 +33,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-schedule",
         dest="lr_schedule",
-        choices=("constant", "cosine"),
+        choices=get_args(LrSchedule),
         help="constant, or cosine decay to 0 over the maximum epochs (default: params train.lr_schedule)",
     )
     perm = p.add_mutually_exclusive_group()
@@ -105,19 +108,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
-    import dataclasses
-
     import torch
 
-    from naslung.params import load_params
     from naslung.train.run import default_spec, resolve_spec
 
-    params = load_params(args.params)
-    overrides = {k: getattr(args, k, None) for k in ("lr", "patience", "lr_schedule", "permute_axes")}
-    if any(v is not None for v in overrides.values()):  # logged with the run like any train.* param
-        params = params.replace(
-            train=dataclasses.replace(params.train, **{k: v for k, v in overrides.items() if v is not None})
-        )
+    # the run's flags are train.* params (logged with the run like any other)
+    params = params_of(
+        args, {f"train.{k}": getattr(args, k, None) for k in ("lr", "patience", "lr_schedule", "permute_axes")}
+    )
     torch.set_num_threads(getattr(args, "threads", None) or params.train.num_threads)
     head, cbam = getattr(args, "head", None), getattr(args, "cbam", None)
     if getattr(args, "spec", None):
@@ -136,12 +134,14 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _tracker(args: argparse.Namespace) -> Any:
-    """The MLflow adapter as the training tracker, or ``None`` with ``--no-log``."""
+    """The training tracker: MLflow, or one that records nothing with ``--no-log``."""
     if args.no_log:
-        return None
-    from naslung import tracking
+        from naslung.tracker import NullTracker
 
-    return tracking
+        return NullTracker()
+    from naslung.tracking import MlflowTracker
+
+    return MlflowTracker()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -201,9 +201,8 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from naslung import tracking
-    from naslung.params import load_params
 
-    params = load_params(args.params)
+    params = params_of(args)
     tracking.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
     info = tracking.run_summary(args.run_id)
     test = {k: v for k, v in sorted(info["metrics"].items()) if k.startswith("test_")}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from naslung.commands import params_of
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -18,11 +20,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from naslung.params import load_params
     from naslung.validation import format_failures, validate
 
-    params = load_params(args.params)
-    result = validate(params, args.annotations, args.artifacts)
+    params = params_of(args, {"paths.annotations": args.annotations, "paths.artifacts": args.artifacts})
+    result = validate(params)
     for name, suite in result["suites"].items():
         status = "passed" if suite["success"] else "FAILED"
         print(f"{name:12s} {status}  ({suite['n_expectations']} expectations, {suite['n_rows']} rows)")

@@ -2,7 +2,9 @@
 
 Rule ``auto``: a scan in a LUNA16 ``subsetK`` folder is in fold K (mod ``n_folds``); otherwise the fold is
 a deterministic hash of the series uid (SHA-256, stable across machines and Python runs, unlike
-``hash()``). Rule ``hash``: always the hash. Either way every nodule of a series lands in the same fold.
+``hash()``). Rule ``hash``: always the hash; ``subset``: always the folder (an error outside one). Either
+way every nodule of a series lands in the same fold. The rules are ``prepare.fold_rule``'s choices
+(:data:`naslung.params.FoldRule`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-FOLD_RULES = ("auto", "hash", "subset")
+from naslung.params import FOLD_RULES, FoldRule
 
 
 def hash_fold(seriesuid: str, n_folds: int) -> int:
@@ -19,7 +21,7 @@ def hash_fold(seriesuid: str, n_folds: int) -> int:
     return int.from_bytes(digest[:8], "big") % n_folds
 
 
-def fold_for(seriesuid: str, subset: int | None, n_folds: int, rule: str = "auto") -> int:
+def fold_for(seriesuid: str, subset: int | None, n_folds: int, rule: FoldRule = "auto") -> int:
     """Fold of one series: ``subset % n_folds`` when known and the rule allows it, else :func:`hash_fold`."""
     if rule not in FOLD_RULES:
         raise ValueError(f"unknown fold rule {rule!r} (expected one of {FOLD_RULES})")
@@ -33,7 +35,7 @@ def fold_for(seriesuid: str, subset: int | None, n_folds: int, rule: str = "auto
 
 
 def assign_folds(
-    subsets: Mapping[str, int | None] | Iterable[str], n_folds: int = 10, rule: str = "auto"
+    subsets: Mapping[str, int | None] | Iterable[str], n_folds: int = 10, rule: FoldRule = "auto"
 ) -> dict[str, int]:
     """Series uid -> fold for many series (a mapping uid -> subset K or None, or just uids).
 

@@ -6,6 +6,9 @@ scan by index (no interpolation, no copy of the whole scan), then ONE ``sitk.Res
 the point (voxel centres symmetric about it: origin = point - (size - 1) / 2 * spacing), linear
 interpolation, ``fill_hu`` (air, -1024 HU) outside the scan. The HU window maps onto [0, 1] float32.
 Arrays are numpy order (z, y, x).
+
+:func:`check_patches` is the one check that an array is a batch of such patches (shape, dtype, values),
+used wherever patches arrive from outside the process (a request body, the CSV scorer's scorer).
 """
 
 from __future__ import annotations
@@ -16,9 +19,59 @@ import SimpleITK as sitk
 from naslung.data.scans import inside_scan, world_to_index
 from naslung.params import PrepareParams
 
+PATCH_SIZE = 32
+"""Voxels per side of a model input patch (``prepare.patch_size`` of the served models)."""
+
 
 class OutsideScanError(ValueError):
     """A world point lies outside the scan's physical extent."""
+
+
+class PatchArrayError(ValueError):
+    """An array that is not a usable batch of patches; the message names where it came from and what is wrong."""
+
+
+def check_patches(
+    arr: np.ndarray,
+    where: str,
+    *,
+    size: int | None = PATCH_SIZE,
+    dtypes: tuple[type[np.generic], ...] = (np.float32,),
+    values: bool = True,
+    allow_empty: bool = False,
+) -> np.ndarray:
+    """Check that ``arr`` is a batch of patches and return it as ``(N, size, size, size)`` (a view).
+
+    Accepted: ``(N, P, P, P)`` or ``(N, 1, P, P, P)`` (the channel axis is dropped), numpy order
+    (z, y, x), with ``P == size`` (``size=None``: any spatial shape ``(D, H, W)``); dtype one of
+    ``dtypes``; ``N >= 1`` unless ``allow_empty``; with ``values``, floating-point patches must be finite
+    and lie in [0, 1] (integer patches are not range-checked). Checks run in that order (dtype, shape,
+    count, values) and the first failure raises :class:`PatchArrayError` ``"<where>: <what is wrong>"``.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise PatchArrayError(f"{where}: expected a numpy array of patches, got {type(arr).__name__}")
+    accepted = [np.dtype(d) for d in dtypes]
+    if arr.dtype not in accepted:
+        names = " or ".join(str(d) for d in accepted)
+        raise PatchArrayError(f"{where}: dtype {arr.dtype} not accepted: expected {names}")
+    x = arr[:, 0] if arr.ndim == 5 and arr.shape[1] == 1 else arr
+    side = "P" if size is None else str(size)
+    if x.ndim != 4 or (size is not None and x.shape[1:] != (size, size, size)):
+        raise PatchArrayError(
+            f"{where}: shape {tuple(arr.shape)} not accepted: expected (N, {side}, {side}, {side}) "
+            f"or (N, 1, {side}, {side}, {side})"
+        )
+    if x.shape[0] == 0 and not allow_empty:
+        raise PatchArrayError(f"{where}: holds zero patches")
+    if values and np.issubdtype(x.dtype, np.floating) and x.size:
+        bad = ~np.isfinite(x)
+        if bad.any():
+            rows = sorted({int(i) for i in np.nonzero(bad)[0][:1000]})
+            raise PatchArrayError(f"{where}: non-finite values (NaN/inf) in patch(es) {rows[:10]}")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise PatchArrayError(f"{where}: values must lie in [0, 1]; got min {lo:.4g}, max {hi:.4g}")
+    return x
 
 
 def window_hu(hu: np.ndarray, hu_window: tuple[float, float]) -> np.ndarray:

@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from naslung.artifact_paths import MANIFEST_FILE as MANIFEST_FILE
+from naslung.artifact_paths import PATCHES_FILE as PATCHES_FILE
+from naslung.artifact_paths import ArtifactsDir
 from naslung.data.folds import assign_folds
 from naslung.data.labels import REJECT_COLUMNS, mean_score, read_annotations, row_label, valid_scores
 from naslung.data.patches import OutsideScanError, PatchCutter
@@ -40,11 +43,6 @@ MANIFEST_COLUMNS = [
     "patch_index",
 ]
 """Columns of ``manifest.csv``; ``patch_index`` is the row of ``patches.npy``."""
-
-PATCHES_FILE = "patches.npy"
-MANIFEST_FILE = "manifest.csv"
-REJECTS_FILE = "rejects.csv"
-METRICS_FILE = "prepare_metrics.json"
 
 
 def reason_code(reason: str) -> str:
@@ -157,11 +155,12 @@ def prepare(
         n_scans_read=n_read,
     )
 
+    out = ArtifactsDir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / PATCHES_FILE, patches)
-    manifest.to_csv(out_dir / MANIFEST_FILE, index=False)
-    rej.to_csv(out_dir / REJECTS_FILE, index=False)
-    (out_dir / METRICS_FILE).write_text(encoding="utf-8", data=json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    np.save(out.patches, patches)
+    manifest.to_csv(out.manifest, index=False)
+    rej.to_csv(out.rejects, index=False)
+    out.prepare_metrics.write_text(encoding="utf-8", data=json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from naslung.data.prepare import MANIFEST_COLUMNS, MANIFEST_FILE, PATCHES_FILE
+from naslung.artifact_paths import PATCHES_FILE, ArtifactsDir
+from naslung.data.prepare import MANIFEST_COLUMNS
 
 
 class StoreError(RuntimeError):
@@ -29,7 +30,8 @@ class PatchStore:
     def open(cls, artifacts_dir: str | Path) -> PatchStore:
         """Open ``manifest.csv`` + ``patches.npy`` in ``artifacts_dir`` (patches memory-mapped, read-only)."""
         root = Path(artifacts_dir)
-        mpath, ppath = root / MANIFEST_FILE, root / PATCHES_FILE
+        files = ArtifactsDir(root)
+        mpath, ppath = files.manifest, files.patches
         for f in (mpath, ppath):
             if not f.is_file():
                 raise StoreError(f"{f}: not found (run `naslung prepare` first)")

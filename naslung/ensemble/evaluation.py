@@ -25,13 +25,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from naslung.artifact_paths import ArtifactPaths, ArtifactsDir
 from naslung.data.baseline import diameter_baseline_folds
 from naslung.ensemble.model import majority_label
 from naslung.ensemble.training import MemberRecord, read_index
 from naslung.metrics import METRIC_NAMES, binary_metrics
 from naslung.params import Params
-
-METRICS_FILE = "metrics.json"
 
 
 def ensemble_metrics(y: np.ndarray, member_probs: np.ndarray) -> dict[str, float]:
@@ -112,8 +111,8 @@ def size_curve(
     return curve
 
 
-def _baseline(artifacts: Path) -> Any:
-    pm = artifacts / "prepare_metrics.json"
+def _baseline(artifacts: ArtifactsDir) -> Any:
+    pm = artifacts.prepare_metrics
     if not pm.is_file():
         return None
     data = json.loads(pm.read_text(encoding="utf-8"))
@@ -123,9 +122,9 @@ def _baseline(artifacts: Path) -> Any:
     return None
 
 
-def _baseline_folds(artifacts: Path, folds: list[int]) -> Any:
+def _baseline_folds(artifacts: ArtifactsDir, folds: list[int]) -> Any:
     """Diameter-only baseline fitted on the non-test folds, scored on each test fold (same protocol)."""
-    manifest = artifacts / "manifest.csv"
+    manifest = artifacts.manifest
     if not manifest.is_file() or not folds:
         return None
     return diameter_baseline_folds(pd.read_csv(manifest), [int(f) for f in folds])
@@ -148,6 +147,7 @@ def evaluate_ensemble(
 
     Returns the metrics dict (also written to ``out_path``, default ``<paths.artifacts>/metrics.json``).
     """
+    paths = ArtifactPaths.from_params(params)
     index, records = read_index(params)
     folds = [int(f) for f in params.ensemble.folds]
     names = list(dict.fromkeys(r.name for r in records if r.fold == index["deploy_fold"]))
@@ -180,8 +180,8 @@ def evaluate_ensemble(
         "members": members,
         "best_member": {"name": best, "mean_std": members[best]["mean_std"]},
         "size_curve": size_curve(preds, params.ensemble.sizes, params.ensemble.size_repeats, params.seed),
-        "diameter_baseline": _baseline(Path(params.paths.artifacts)),
-        "diameter_baseline_folds": _baseline_folds(Path(params.paths.artifacts), list(preds)),
+        "diameter_baseline": _baseline(paths.artifacts),
+        "diameter_baseline_folds": _baseline_folds(paths.artifacts, list(preds)),
         "selection_leak_folds": selection_leak_folds(params, folds),
     }
     if result["selection_leak_folds"]:
@@ -196,10 +196,10 @@ def evaluate_ensemble(
         **{f"ensemble_{n}_std": result["ensemble"]["mean_std"][n]["std"] for n in METRIC_NAMES},
         **{f"best_member_{n}_mean": members[best]["mean_std"][n]["mean"] for n in METRIC_NAMES},
     }
-    out = Path(out_path or Path(params.paths.artifacts) / METRICS_FILE)
+    out = Path(out_path or paths.artifacts.metrics)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(encoding="utf-8", data=json.dumps(result, indent=1, default=float) + "\n")
-    plots = Path(plots_dir or Path(params.paths.artifacts) / "plots")
+    plots = Path(plots_dir or paths.artifacts.plots)
     result["plots"] = [str(p) for p in write_plots(result, preds, plots)]
     return result
 

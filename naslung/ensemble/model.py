@@ -9,14 +9,12 @@ Inputs are patches X of shape (n, 1, 32, 32, 32) or (n, 32, 32, 32), float32 in 
 says malignant when more than ``floor(k / 2)`` members vote malignant (the paper's rule). The mean member
 probability is the ensemble's continuous score (ROC / AUC, ranking).
 
-On disk (:meth:`Ensemble.save`): ``members.json`` (specs — a DNAS spec carries ``"kind": "dnas"`` —,
-member names, margin_m) and one ``member_<i>.pt`` state dict per member, readable with
-``torch.load(..., weights_only=True)``.
+On disk (:meth:`Ensemble.save`): the ensemble directory of :mod:`naslung.ensemble.layout` (``members.json``
+and one ``member_<i>.pt`` state dict per member).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from naslung.models.factory import AnySpec, build, spec_from_dict
+from naslung.ensemble import layout
+from naslung.models.factory import AnySpec, build
 
-MEMBERS_FILE = "members.json"
+MEMBERS_FILE = layout.MEMBERS_FILE
 
 
 def majority_label(member_probs: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -124,47 +123,16 @@ class Ensemble:
         return self
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``members.json`` and ``member_<i>.pt`` (CPU state dicts) into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "margin_m": self.margin_m,
-            "members": [
-                {
-                    "name": n,
-                    "spec": s.to_dict(),
-                    "spec_id": s.spec_id,
-                    "ref": s.ref_string(),
-                    "weights": f"member_{i}.pt",
-                }
-                for i, (n, s) in enumerate(zip(self.member_names, self.specs))
-            ],
-        }
-        for i, m in enumerate(self.members):
-            torch.save({k: v.detach().cpu() for k, v in m.state_dict().items()}, d / f"member_{i}.pt")
-        (d / MEMBERS_FILE).write_text(encoding="utf-8", data=json.dumps(meta, indent=1) + "\n")
-        return d
+        """Write the ensemble directory (``members.json`` + ``member_<i>.pt``, :mod:`naslung.ensemble.layout`)."""
+        return layout.save_ensemble_dir(directory, self.members, self.specs, self.member_names, self.margin_m)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> Ensemble:
         """Read an ensemble written by :meth:`save` (weights loaded with ``weights_only=True``)."""
-        d = Path(directory)
-        meta_path = d / MEMBERS_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"Ensemble.load: {meta_path} not found (not an ensemble directory)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        margin = int(meta.get("margin_m", 4))
-        members, specs, names = [], [], []
-        for i, entry in enumerate(meta.get("members", [])):
-            try:
-                spec = spec_from_dict(entry["spec"])
-                weights = d / entry.get("weights", f"member_{i}.pt")
-                name = str(entry["name"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"Ensemble.load: {meta_path} member {i} is malformed: {exc}") from exc
+        margin, entries = layout.load_ensemble_dir(directory)
+        members = []
+        for _name, spec, state in entries:
             model = build(spec, margin_m=margin)
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            model.load_state_dict(state)
             members.append(model)
-            specs.append(spec)
-            names.append(name)
-        return cls(members, specs, names, margin_m=margin, device=device)
+        return cls(members, [e[1] for e in entries], [e[0] for e in entries], margin_m=margin, device=device)

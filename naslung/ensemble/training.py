@@ -16,14 +16,18 @@ every member already finished and a change of data or params retrains. Members m
 :mod:`naslung.models.factory`). The members of
 ``ensemble.deploy_fold`` form the deployable :class:`~naslung.ensemble.model.Ensemble` saved to
 ``<out_dir>/model``; ``<out_dir>/training.json`` indexes everything for the evaluate / register steps.
+File layouts: :mod:`naslung.ensemble.layout`.
+
+The member loop has three parts that both runners share — :func:`plan_members` (which (fold, spec)
+members to train, in order, and the data version), :func:`train_member` (one member) and
+:func:`write_index` (the deployable ensemble and the index). :func:`train_ensemble` runs them in-process;
+the Prefect flow ``flows/ensemble.py::train_ensemble`` maps one ``train-member`` task over the plan.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,16 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from naslung.lineage import STORE_FILES, stage_outs_md5, store_md5
+from naslung.ensemble import layout
+from naslung.ensemble.layout import INDEX_FILE, MEMBER_FILE, MODEL_DIR, WEIGHTS_FILE
+from naslung.lineage import data_identity
 from naslung.models.factory import AnySpec, build, parse_member_spec, spec_flops, spec_from_dict
 from naslung.params import Params
-from naslung.train.tracker import TrainingTracker
-
-INDEX_FILE = "training.json"
-MODEL_DIR = "model"
-MEMBER_FILE = "member.json"
-WEIGHTS_FILE = "weights.pt"
-
+from naslung.tracker import NULL_TRACKER, Tracker
 
 # --- member specs ------------------------------------------------------------------------------------
 
@@ -99,20 +99,10 @@ def member_specs(params: Params, source: str | Path | Sequence[str | Path] | Non
 
 
 def data_version(artifacts: str | Path, dvc_lock: str | Path = "dvc.lock") -> dict[str, Any]:
-    """Identity of the patch store: md5 of ``manifest.csv`` and ``patches.npy``.
-
-    Taken from the ``prepare`` stage outs in ``dvc.lock`` when it lists them (``origin: dvc.lock``), else
-    computed from the files (``origin: file``). ``hash`` is one short digest of both.
-    """
-    root = Path(artifacts).resolve()
-    files = {k: root / name for k, name in STORE_FILES.items()}
-    outs = stage_outs_md5(dvc_lock, "prepare")
-    if all(outs.get(p) for p in files.values()):
-        md5, origin = {k: outs[p] for k, p in files.items()}, "dvc.lock"
-    else:
-        md5, origin = store_md5(root), "file"
-    digest = hashlib.sha256(json.dumps(md5, sort_keys=True).encode()).hexdigest()[:12]
-    return {"hash": digest, "origin": origin, "md5": md5, "artifacts": str(root)}
+    """Identity of the patch store: md5 of ``manifest.csv`` and ``patches.npy`` (see
+    :func:`naslung.lineage.data_identity`: from ``dvc.lock``'s prepare outs when it lists both, else from
+    the files); ``{"hash", "origin", "md5", "artifacts"}``."""
+    return data_identity(artifacts, dvc_lock).as_dict()
 
 
 def member_params_hash(params: Params) -> str:
@@ -169,19 +159,11 @@ class MemberRecord:
         return np.asarray(pred["ids"], dtype=str), np.asarray(pred["y"], np.int64), np.asarray(pred["prob"], np.float64)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def load_cached(member_dir: Path) -> MemberRecord | None:
     """The record of a finished member folder, or None when it is absent or incomplete."""
-    meta, weights = member_dir / MEMBER_FILE, member_dir / WEIGHTS_FILE
-    if not (meta.is_file() and weights.is_file()):
+    data = layout.read_member(member_dir)
+    if data is None:
         return None
-    data = json.loads(meta.read_text(encoding="utf-8"))
     rec = MemberRecord(**data["record"])
     rec.dir, rec.cached = str(member_dir), True
     return rec
@@ -193,7 +175,7 @@ def train_member(
     fold: int,
     data_hash: str,
     *,
-    tracker: TrainingTracker | None = None,
+    tracker: Tracker = NULL_TRACKER,
     progress: bool = False,
     store: Any = None,
 ) -> MemberRecord:
@@ -203,7 +185,7 @@ def train_member(
     validation fold, one test evaluation) and logs a training run to ``tracker`` when one is given.
     """
     key = member_key(spec, fold, data_hash, member_params_hash(params))
-    mdir = Path(params.ensemble.out_dir) / "members" / f"{spec.spec_id}-fold{fold}-{key}"
+    mdir = layout.member_dir(params.ensemble.out_dir, spec.spec_id, fold, key)
     cached = load_cached(mdir)
     if cached is not None:
         return cached
@@ -247,14 +229,12 @@ def train_member(
 def _write_member(
     mdir: Path, rec: MemberRecord, model: torch.nn.Module, split: dict[str, Any], ids: Any, y: Any, prob: Any
 ) -> MemberRecord:
-    mdir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, mdir / WEIGHTS_FILE)
     payload = {
         "record": asdict(rec),
         "split": split,
         "test_predictions": {"ids": [str(i) for i in ids], "y": [int(v) for v in y], "prob": [float(v) for v in prob]},
     }
-    _write_atomic(mdir / MEMBER_FILE, json.dumps(payload, indent=1, default=float))  # written last: marks done
+    layout.write_member(mdir, model, payload)
     return rec
 
 
@@ -284,7 +264,7 @@ def score_member(
     model = model.cpu().eval()
     result = test.evaluate(lambda X: predict_proba(model, X, "cpu"))
     key = member_key(spec, fold, data_hash, member_params_hash(params))
-    mdir = Path(params.ensemble.out_dir) / "members" / f"{spec.spec_id}-fold{fold}-{key}"
+    mdir = layout.member_dir(params.ensemble.out_dir, spec.spec_id, fold, key)
     rec = MemberRecord(
         name=spec.spec_id,
         spec=spec.to_dict(),
@@ -311,19 +291,45 @@ def build_ensemble(records: Sequence[MemberRecord], margin_m: int, device: str =
     members = []
     for r in records:
         m = build(r.arch(), margin_m=margin_m)
-        m.load_state_dict(torch.load(Path(r.dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        m.load_state_dict(layout.load_state(Path(r.dir) / WEIGHTS_FILE))
         members.append(m)
     return Ensemble(members, [r.arch() for r in records], [r.name for r in records], margin_m=margin_m, device=device)
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """Which members an ensemble run trains: every spec for every test fold, in training order."""
+
+    specs: list[AnySpec]
+    folds: list[int]
+    """``ensemble.folds`` then ``ensemble.deploy_fold`` (once)."""
+    data: dict[str, Any]
+    """The patch store's :func:`data_version` (its ``hash`` is part of every member's cache key)."""
+
+    @property
+    def jobs(self) -> list[tuple[int, AnySpec]]:
+        """``(test fold, spec)`` of every member, fold-major (all specs of the first fold first)."""
+        return [(f, s) for f in self.folds for s in self.specs]
+
+
+def plan_members(params: Params, specs: Sequence[AnySpec] | None = None) -> MemberPlan:
+    """The members to train: ``specs`` (default :func:`member_specs`) x (``ensemble.folds`` + deploy fold)."""
+    e = params.ensemble
+    return MemberPlan(
+        specs=list(specs) if specs is not None else member_specs(params),
+        folds=[int(f) for f in dict.fromkeys([*e.folds, e.deploy_fold])],
+        data=data_version(params.paths.artifacts),
+    )
 
 
 def train_ensemble(
     params: Params,
     specs: Sequence[AnySpec] | None = None,
     *,
-    tracker: TrainingTracker | None = None,
+    tracker: Tracker = NULL_TRACKER,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or reuse) every member for every fold in ``ensemble.folds`` plus ``deploy_fold``.
+    """Train (or reuse) every member of :func:`plan_members` in-process, one after the other.
 
     Saves the deployable ensemble (members of ``deploy_fold``) to ``<out_dir>/model`` and writes and
     returns the index ``<out_dir>/training.json``.
@@ -332,16 +338,13 @@ def train_ensemble(
 
     from naslung.data.store import PatchStore
 
-    specs = list(specs) if specs is not None else member_specs(params)
-    e = params.ensemble
-    folds = list(dict.fromkeys([*e.folds, e.deploy_fold]))
-    data = data_version(params.paths.artifacts)
+    plan = plan_members(params, specs)
     store = PatchStore.open(params.paths.artifacts)
-    records: list[MemberRecord] = []
-    jobs = [(f, s) for f in folds for s in specs]
-    for fold, spec in tqdm(jobs, desc="ensemble members", unit="member", disable=not progress):
-        records.append(train_member(params, spec, fold, data["hash"], tracker=tracker, progress=False, store=store))
-    return write_index(params, specs, records, data)
+    records = [
+        train_member(params, spec, fold, plan.data["hash"], tracker=tracker, progress=False, store=store)
+        for fold, spec in tqdm(plan.jobs, desc="ensemble members", unit="member", disable=not progress)
+    ]
+    return write_index(params, plan.specs, records, plan.data)
 
 
 def write_index(
@@ -366,7 +369,7 @@ def write_index(
         "members": [asdict(r) for r in records],
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / INDEX_FILE, json.dumps(index, indent=1, default=float))
+    layout.write_atomic(out / INDEX_FILE, json.dumps(index, indent=1, default=float))
     return index
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from naslung.data.patches import check_patches
 from naslung.models.asoftmax import AngleLinear
 
 PATCH = 32
@@ -48,12 +49,12 @@ class Explanation:
 
 
 def _as_batch(X: np.ndarray | torch.Tensor) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(X, dtype=np.float32)) if not isinstance(X, torch.Tensor) else X.float()
-    if x.ndim == 4:
-        x = x[:, None]
-    if x.ndim != 5 or x.shape[1] != 1:
-        raise ValueError(f"explain: expected patches (N, 1, D, H, W) or (N, D, H, W), got {tuple(x.shape)}")
-    return x
+    """``X`` as a float32 CPU tensor ``(N, 1, D, H, W)`` (batches move to each member's device later);
+    :class:`~naslung.data.patches.PatchArrayError` unless it holds patches ``(N, D, H, W)`` or
+    ``(N, 1, D, H, W)`` of any spatial size."""
+    arr = X.detach().float().cpu().numpy() if isinstance(X, torch.Tensor) else X
+    x = check_patches(np.asarray(arr, dtype=np.float32), "explain", size=None, values=False)
+    return torch.as_tensor(x)[:, None]
 
 
 def class_weights(model: nn.Module) -> torch.Tensor:

@@ -31,8 +31,7 @@ from typing import Any
 
 import yaml
 
-HEADS: tuple[str, ...] = ("linear", "asoftmax")
-"""Allowed ``head`` values."""
+from naslung.params import HEADS  # the allowed ``head`` values (spelt once: ``naslung.params.Head``)
 
 MAX_WIDTH = 4096
 """Sanity bound on any channel width (the reference models use at most 512)."""

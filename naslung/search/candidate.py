@@ -14,6 +14,10 @@ Latency (``search.latency_source``):
   deterministic proxy for tests and reproducible comparisons; it is never mixed with measured values.
 
 :class:`LatencyCache` keeps one value per (architecture id, device, source) in a JSON file.
+
+:func:`run_candidate` is one unit of a POP search's fan-out (a :class:`CandidateJob` in, its
+:class:`CandidateRecord` out): it trains the candidate inside its nested run of the search's tracker
+(layout: :mod:`naslung.search.runs`), so the per-epoch curves are logged while it trains.
 """
 
 from __future__ import annotations
@@ -21,20 +25,24 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from naslung.params import LatencyParams, Params, SearchParams
+from naslung.params import LatencyParams, LatencySource, Params, SearchParams
+from naslung.search import runs
 from naslung.search.pop import Evaluated
 from naslung.search.space import Stages
+from naslung.tracker import NULL_TRACKER, Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from naslung.models.factory import AnySpec
     from naslung.models.spec import ArchSpec
     from naslung.train.protocol import DevData
 
-LATENCY_UNITS = {"measured": "ms_per_nodule", "flops": "Mmac_per_nodule"}
+LATENCY_UNITS: dict[LatencySource, str] = {"measured": "ms_per_nodule", "flops": "Mmac_per_nodule"}
+"""Unit of a search's latency figures per ``search.latency_source``."""
 
 
 @dataclass
@@ -83,10 +91,7 @@ def stages_key(stages: Any) -> Stages:
 
 
 def latency_unit(search: SearchParams) -> str:
-    if search.latency_source not in LATENCY_UNITS:
-        raise ValueError(
-            f"params search.latency_source: expected one of {sorted(LATENCY_UNITS)}, got {search.latency_source!r}"
-        )
+    """Unit of ``search.latency_source`` (a validated :data:`naslung.params.LatencySource`)."""
     return LATENCY_UNITS[search.latency_source]
 
 
@@ -157,11 +162,12 @@ def train_candidate(
     latency_detail: dict[str, Any] | None = None,
     epochs: int | None = None,
     device: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> CandidateRecord:
     """Train ``spec`` for ``epochs`` (default ``search.epochs``) on ``dev`` and score it on the validation fold.
 
     ``latency_value`` is measured beforehand (by the caller, while nothing else trains) in
-    ``latency_unit(params.search)``.
+    ``latency_unit(params.search)``. ``on_epoch`` gets each history row while it trains.
     """
     import torch
 
@@ -173,7 +179,15 @@ def train_candidate(
     n_epochs = int(epochs if epochs is not None else params.search.epochs)
     started = time.time()
     result = fit(
-        spec, dev.train, dev.val, params.model, params.train, epochs=n_epochs, seed=params.seed, device=dev_name
+        spec,
+        dev.train,
+        dev.val,
+        params.model,
+        params.train,
+        epochs=n_epochs,
+        seed=params.seed,
+        device=dev_name,
+        on_epoch=on_epoch,
     )
     finished = time.time()
     vm = {k: float(v) for k, v in result.val_metrics.items()}
@@ -198,3 +212,47 @@ def train_candidate(
         finished_at=finished,
         latency_detail=dict(latency_detail or {}),
     )
+
+
+@dataclass(frozen=True)
+class CandidateJob:
+    """One candidate of a POP iteration, ready to train: its spec, its latency (measured before anything
+    trains, in ``latency_unit(search)``) with the measurement detail, and where its run goes."""
+
+    spec: ArchSpec
+    latency: float
+    latency_detail: Mapping[str, Any]
+    search_id: str
+    iteration: int
+    parent_run_id: str | None = None
+
+
+def run_candidate(
+    job: CandidateJob, params: Params, artifacts: str, tracker: Tracker = NULL_TRACKER
+) -> CandidateRecord:
+    """Train ``job.spec`` on the search split of ``artifacts`` (:func:`load_dev`, cached per process) inside
+    its nested run under ``job.parent_run_id``; returns the record with its ``run_id``."""
+    from naslung.train.loop import resolve_device
+
+    dev = load_dev(artifacts, params.prepare.n_folds, params.search.fold, params.seed)
+    spec = job.spec
+    with runs.candidate_run(
+        tracker,
+        job.parent_run_id,
+        spec,
+        search_id=job.search_id,
+        strategy="pop",
+        run_name=f"cand-{spec.spec_id}",
+        params={
+            "depths": "x".join(str(len(st)) for st in spec.stages),
+            "epochs": params.search.epochs,
+            "seed": params.seed,
+            "device": resolve_device(params.train.device),
+            "latency_unit": latency_unit(params.search),
+        },
+        tags={"naslung.iteration": str(job.iteration)},
+    ) as run_id:
+        record = train_candidate(spec, dev, params, job.latency, dict(job.latency_detail), on_epoch=tracker.log_epoch)
+        record.run_id = run_id
+        runs.log_candidate_result(tracker, record.to_dict())
+    return record

@@ -39,7 +39,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ from naslung.models.mbconv import (
     parse_op,
     stem_block,
 )
+from naslung.params import MixedOps
 
 __all__ = [
     "N_CLASSES",
@@ -112,7 +113,7 @@ class MixedOp(nn.Module):
         self.names = list(names)
         self.ops = nn.ModuleList(make_op(n, c_in, c_out, stride) for n in self.names)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, k: int, mixed: str = "all") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: torch.Tensor, k: int, mixed: MixedOps = "all") -> torch.Tensor:
         if mixed == "all":
             return sum(h[j] * op(x) for j, op in enumerate(self.ops))
         return h[k] * self.ops[k](x)
@@ -125,10 +126,10 @@ class Supernet(nn.Module):
     ``last_choice`` holds the sampled op indices.
     """
 
-    def __init__(self, space: DnasSpace, mixed: str = "all", seed: int = 0) -> None:
+    def __init__(self, space: DnasSpace, mixed: MixedOps = "all", seed: int = 0) -> None:
         super().__init__()
-        if mixed not in ("sampled", "all"):
-            raise ValueError(f"mixed must be 'sampled' or 'all', got {mixed!r}")
+        if mixed not in get_args(MixedOps):  # a public class: callers other than dnas_run pass bare strings
+            raise ValueError(f"mixed must be one of {get_args(MixedOps)}, got {mixed!r}")
         self.space, self.mixed, self.tau = space, mixed, 1.0
         self.stem = stem_block(space)
         self.cells = nn.ModuleList(

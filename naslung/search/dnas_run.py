@@ -15,15 +15,18 @@
    untrained model, or M multiply-adds per nodule — the unit POP uses), multiply-adds, parameters.
 4. Outputs in ``out_dir``, the same files as POP (:mod:`naslung.search.outputs`): ``front.json`` (derived
    models non-dominated in validation accuracy vs latency), ``selected.json`` (up to ``search.k_select``
-   derived models, front first; their ``spec`` is the ``{"kind": "dnas", ...}`` dict, so they can be ensemble
-   members), ``pareto.png`` (with the POP front of ``pop_front_path`` when that file holds one in the same
-   latency unit), ``summary.json`` (``strategy: dnas``), plus ``dnas.json`` (softmax(α) per layer, op names,
-   per-epoch supernet history, all derived records).
+   derived models by POP's rule, :func:`naslung.search.pareto.select_k`: front first, an overflowing layer
+   spread by farthest-point choice over log2 latency, accuracy and the :func:`op_shape` of the ops; their
+   ``spec`` is the ``{"kind": "dnas", ...}`` dict, so they can be ensemble members), ``pareto.png`` (with
+   the POP front of ``pop_front_path`` when that file holds one in the same latency unit), ``summary.json``
+   (``strategy: dnas``), plus ``dnas.json`` (softmax(α) per layer, op names, per-epoch supernet history, all
+   derived records).
 
-Tracking goes through a :class:`DnasTracker` (the MLflow one is
-:class:`naslung.search.dnas_tracking.MlflowDnasTracker`); this module imports neither mlflow nor prefect.
-With a tracker, derived models already retrained and logged under the same search id (FINISHED runs) are
-reused instead of retrained; the supernet search itself runs again (it keeps no checkpoint) and, on the
+Tracking goes through a :class:`~naslung.tracker.Tracker` (layout :mod:`naslung.search.runs`: one parent
+run with the supernet's per-epoch metrics and ``alphas.json``, one nested run per derived model with its
+curves, ``candidate.json`` and ``model/weights.pt`` + ``model/arch.json``); this module imports neither
+mlflow nor prefect. Derived models already retrained and logged under the same search id (FINISHED runs)
+are reused instead of retrained; the supernet search itself runs again (it keeps no checkpoint) and, on the
 same device and data, derives the same architectures.
 """
 
@@ -32,39 +35,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import nn
 
+from naslung.artifact_paths import SearchDir
+from naslung.models.mbconv import SKIP
 from naslung.params import Params
-from naslung.search import dnas
+from naslung.search import dnas, pareto, runs
 from naslung.search.outputs import read_pop_front, write_dnas_outputs
+from naslung.tracker import NULL_TRACKER, Tracker
 
 DNAS_FILE = "dnas.json"
-
-
-class DnasTracker(Protocol):
-    """Where a DNAS run reports (the MLflow adapter implements it; tests may pass their own)."""
-
-    parent_run_id: str | None
-
-    def known(self) -> dict[str, dict[str, Any]]:
-        """Records of derived models finished by an earlier run of the same search id, by ``spec_id``."""
-        ...
-
-    def log_epoch(self, row: Mapping[str, float]) -> None: ...
-
-    def log_derived(self, record: Mapping[str, Any], model: nn.Module) -> str | None:
-        """Log one retrained derived model; returns its run id."""
-        ...
-
-    def finish(self, summary: Mapping[str, Any], alphas: Any, files: Mapping[str, Path]) -> None: ...
-
-    def fail(self) -> None: ...
 
 
 @dataclasses.dataclass
@@ -80,43 +66,48 @@ class DnasRunResult:
     files: dict[str, Path]
 
 
-def _dominates(b: Mapping[str, Any], a: Mapping[str, Any]) -> bool:
-    return (
-        b["accuracy"] >= a["accuracy"]
-        and b["latency"] <= a["latency"]
-        and (b["accuracy"] > a["accuracy"] or b["latency"] < a["latency"])
-    )
+def op_shape(ops: Sequence[str]) -> tuple[float, float, float]:
+    """Architecture descriptor of derived ops (``k{K}_e{E}`` or ``skip`` per layer): the number of MBConv
+    layers (non-skip), their mean log2 kernel size and mean log2 expansion (0 without MBConv layers)."""
+    blocks = [op for op in ops if op != SKIP]
+    if not blocks:
+        return (0.0, 0.0, 0.0)
+    ks = [math.log2(int(op.split("_")[0][1:])) for op in blocks]
+    es = [math.log2(int(op.split("_")[1][1:])) for op in blocks]
+    return (float(len(blocks)), sum(ks) / len(ks), sum(es) / len(es))
 
 
-def _order(r: Mapping[str, Any]) -> tuple[float, float, str]:
-    return (float(r["latency"]), -float(r["accuracy"]), str(r["spec_id"]))
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Derived:
+    """A derived-model record as a :class:`naslung.search.pareto.Candidate` (identity: its spec id)."""
+
+    record: Mapping[str, Any]
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.record["accuracy"])
+
+    @property
+    def latency(self) -> float:
+        return float(self.record["latency"])
+
+    @property
+    def key(self) -> str:
+        return str(self.record["spec_id"])
+
+    @property
+    def shape(self) -> tuple[float, ...]:
+        return op_shape(self.record.get("ops") or self.record["spec"]["ops"])
 
 
 def front_of(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Records not dominated in (validation accuracy up, latency down), sorted by latency."""
-    return sorted((dict(a) for a in records if not any(_dominates(b, a) for b in records)), key=_order)
+    return [dict(d.record) for d in pareto.pareto_front(_Derived(r) for r in records)]
 
 
 def select_records(records: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
-    """Up to ``k`` records: the front first, then the front of the rest, ... (most accurate first within a
-    layer that does not fit); sorted by latency."""
-    if k < 1:
-        raise ValueError(f"select_records: k must be >= 1, got {k}")
-    rest = [dict(r) for r in records]
-    chosen: list[dict[str, Any]] = []
-    while rest and len(chosen) < k:
-        layer = front_of(rest)
-        ids = {r["spec_id"] for r in layer}
-        rest = [r for r in rest if r["spec_id"] not in ids]
-        layer.sort(key=lambda r: (-float(r["accuracy"]), float(r["latency"]), str(r["spec_id"])))
-        chosen += layer[: k - len(chosen)]
-    return sorted(chosen, key=_order)
-
-
-def _say(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
-    if callable(progress):
-        return progress
-    return print if progress else (lambda _msg: None)
+    """Up to ``k`` records by :func:`naslung.search.pareto.select_k` (front first); sorted by latency."""
+    return [dict(d.record) for d in pareto.select_k([_Derived(r) for r in records], k)]
 
 
 def run_dnas_search(
@@ -125,7 +116,7 @@ def run_dnas_search(
     out_dir: str | Path,
     search_id: str,
     *,
-    tracker: DnasTracker | None = None,
+    tracker: Tracker = NULL_TRACKER,
     pop_front_path: str | Path | None = None,
     progress: bool | Callable[[str], None] = True,
     extra_summary: Mapping[str, Any] | None = None,
@@ -141,18 +132,21 @@ def run_dnas_search(
     from naslung.train.augment import augment_batch
     from naslung.train.loop import fit, resolve_device
 
-    say = _say(progress)
+    say = runs.reporter(progress)
     p, sp = params.dnas, params.search
     unit = latency_unit(sp)
     torch.set_num_threads(max(1, int(params.train.num_threads)))
     device = resolve_device(params.train.device)
     out = Path(out_dir)
-    pop_front = read_pop_front(pop_front_path or Path(sp.out_dir) / "front.json", unit)
+    pop_front = read_pop_front(pop_front_path or SearchDir(Path(sp.out_dir)).front, unit)
+    parent = runs.open_search(tracker, p.experiment, search_id, "dnas", params)
     try:
         t0 = time.perf_counter()
         dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed)
         (Xw, yw), (Xa, ya) = dnas.split_alpha(dev.train[0], dev.train[1], p.alpha_fraction, params.seed)
-        known = tracker.known() if tracker is not None else {}
+        known: dict[str, dict[str, Any]] = {}
+        for rec in parent.finished:
+            known.setdefault(rec["spec_id"], rec)
         torch.manual_seed(params.seed)
         supernet = dnas.Supernet(dnas.space_from_params(p), mixed=p.mixed, seed=params.seed)
 
@@ -161,8 +155,7 @@ def run_dnas_search(
                 f"dnas epoch {int(row['epoch'])}: tau {row['tau']:.2f} w_loss {row['w_loss']:.3f} "
                 f"alpha_acc {row['alpha_accuracy']:.3f} entropy {row['alpha_entropy']:.3f} ({row['seconds']:.0f} s)"
             )
-            if tracker is not None:
-                tracker.log_epoch(row)
+            tracker.log_epoch(row, run_id=parent.run_id)
 
         res = dnas.search(
             supernet,
@@ -194,40 +187,51 @@ def run_dnas_search(
                 records.append(rec)
                 continue
             lat, lat_detail = spec_latency(arch, sp, params.latency, device, params.model.margin_m)
-            fitres = fit(
+            with runs.candidate_run(
+                tracker,
+                parent.run_id,
                 arch,
-                dev.train,
-                dev.val,
-                params.model,
-                params.train,  # from scratch, all training rows
-                epochs=p.retrain_epochs,
-                seed=params.seed,
-                device=device,
-            )
-            vm = {k: float(v) for k, v in fitres.val_metrics.items()}
-            rec = {
-                "spec": arch.to_dict(),
-                "spec_id": arch.spec_id,
-                "ref_string": arch.ref_string(),
-                "strategy": "dnas",
-                "ops": list(arch.ops),
-                "log_prob": float(logp),
-                "accuracy": vm["accuracy"],
-                "latency": float(lat),
-                "latency_unit": unit,
-                "flops": int(lat_detail.get("flops") or _flops(arch)),
-                "n_params": int(count_params(fitres.model)),
-                "val_metrics": vm,
-                "history": [{k: float(v) for k, v in row.items()} for row in fitres.history],
-                "best_epoch": int(fitres.best_epoch),
-                "epochs": int(p.retrain_epochs),
-                "seed": int(params.seed),
-                "device": device,
-                "train_seconds": float(fitres.seconds),
-                "latency_detail": lat_detail,
-            }
-            if tracker is not None:
-                rec["run_id"] = tracker.log_derived(rec, fitres.model)
+                search_id=search_id,
+                strategy="dnas",
+                run_name=f"dnas-{arch.spec_id}",
+                params={"epochs": p.retrain_epochs, "seed": params.seed, "device": device, "latency_unit": unit},
+            ) as run_id:
+                fitres = fit(
+                    arch,
+                    dev.train,
+                    dev.val,
+                    params.model,
+                    params.train,  # from scratch, all training rows
+                    epochs=p.retrain_epochs,
+                    seed=params.seed,
+                    device=device,
+                    on_epoch=tracker.log_epoch,
+                )
+                vm = {k: float(v) for k, v in fitres.val_metrics.items()}
+                rec = {
+                    "spec": arch.to_dict(),
+                    "spec_id": arch.spec_id,
+                    "ref_string": arch.ref_string(),
+                    "strategy": "dnas",
+                    "ops": list(arch.ops),
+                    "log_prob": float(logp),
+                    "accuracy": vm["accuracy"],
+                    "latency": float(lat),
+                    "latency_unit": unit,
+                    "flops": int(lat_detail.get("flops") or _flops(arch)),
+                    "n_params": int(count_params(fitres.model)),
+                    "val_metrics": vm,
+                    "history": [{k: float(v) for k, v in row.items()} for row in fitres.history],
+                    "best_epoch": int(fitres.best_epoch),
+                    "epochs": int(p.retrain_epochs),
+                    "seed": int(params.seed),
+                    "device": device,
+                    "train_seconds": float(fitres.seconds),
+                    "latency_detail": lat_detail,
+                    "run_id": run_id,
+                }
+                runs.log_candidate_result(tracker, rec)
+                _log_weights(tracker, fitres.model, rec["spec"])
             records.append(rec)
             say(
                 f"derived {arch.ref_string()}: val acc {rec['accuracy']:.3f}, latency {rec['latency']:.3g} "
@@ -239,7 +243,7 @@ def run_dnas_search(
         summary: dict[str, Any] = {
             "strategy": "dnas",
             "search_id": search_id,
-            "parent_run_id": tracker.parent_run_id if tracker is not None else None,
+            "parent_run_id": parent.run_id,
             "search_seconds": search_seconds,
             "wall_seconds": time.perf_counter() - t0,
             "trained": len(records),
@@ -284,13 +288,27 @@ def run_dnas_search(
                 default=float,
             ),
         )
-        if tracker is not None:
-            tracker.finish(summary, {"probabilities": res.probabilities}, files)
+        runs.finish_search(
+            tracker, parent.run_id, summary, files, {"alphas.json": {"probabilities": res.probabilities}}
+        )
     except BaseException:
-        if tracker is not None:
-            tracker.fail()
+        tracker.end_run(parent.run_id, "FAILED")
         raise
+    say(
+        f"done: {summary['trained']} derived model(s) ({reused} reused), front {summary['front_size']}, "
+        f"best {summary['best_spec']} val acc {summary['best_accuracy']:.3f}"
+    )
     return DnasRunResult(summary, records, front, selected, res.probabilities, files)
+
+
+def _log_weights(tracker: Tracker, model: torch.nn.Module, spec: dict[str, Any]) -> None:
+    """``model/weights.pt`` (CPU state dict) and ``model/arch.json`` (the spec) of the current run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, arch = Path(tmp) / "weights.pt", Path(tmp) / "arch.json"
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+        arch.write_text(encoding="utf-8", data=json.dumps(spec, indent=1))
+        tracker.log_artifact(weights, "model")
+        tracker.log_artifact(arch, "model")
 
 
 def _flops(arch: dnas.DnasArch) -> int:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from naslung.lineage import STORE_FILES, store_md5
+from naslung.lineage import data_identity
 from naslung.params import Params, to_dict
 
 POP_NOT_IN_ID = ("budget", "patience", "runner", "dask_address", "dask_workers", "out_dir", "batch_size", "k_select")
@@ -29,7 +29,7 @@ DNAS_NOT_IN_ID = ("out_dir", "experiment")
 def data_md5(artifacts: str | Path) -> dict[str, str]:
     """md5 of the patch store's ``manifest.csv`` and ``patches.npy`` (read from the files themselves),
     keyed by file name."""
-    return {STORE_FILES[k]: v for k, v in store_md5(artifacts).items()}
+    return data_identity(artifacts).md5_by_file
 
 
 def _digest(blob: dict[str, Any]) -> str:

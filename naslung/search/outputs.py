@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from naslung.artifact_paths import SearchDir
 from naslung.search.plots import pareto_plot
 from naslung.search.pop import Evaluated, PopResult
 
@@ -51,13 +52,8 @@ def dnas_entry(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def output_paths(out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
-    return {
-        "front": out / "front.json",
-        "selected": out / "selected.json",
-        "summary": out / "summary.json",
-        "pareto": out / "pareto.png",
-    }
+    out = SearchDir(Path(out_dir))
+    return {"front": out.front, "selected": out.selected, "summary": out.summary, "pareto": out.pareto}
 
 
 def _write(

@@ -3,7 +3,7 @@
 Objectives: maximise validation ``accuracy`` (fraction in [0, 1]), minimise ``latency`` (ms per nodule
 when measured; any unit, as long as one search uses one unit). Pareto set: trained candidates not
 dominated by another trained candidate (``B`` dominates ``A`` when ``acc(B) >= acc(A)`` and
-``lat(B) <= lat(A)`` with one of them strict).
+``lat(B) <= lat(A)`` with one of them strict; :mod:`naslung.search.pareto`, shared with DNAS).
 
 Pruning rule. POP assumes ``A ⪯ C`` (:mod:`naslung.search.order`) implies ``acc(A) <= acc(C)``. So for a
 trained ``C`` every untrained ``A ⪯ C`` is at most as accurate as ``C``; if some trained ``B`` is at least as
@@ -32,13 +32,30 @@ reused instead of training, so a resumed search follows the same path and reache
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from naslung.search.order import precedes
+from naslung.search.pareto import dominates, nondominated_layers, pareto_front
 from naslung.search.space import SearchSpace, Stages
+
+__all__ = [
+    "Certificate",
+    "Evaluated",
+    "IterationLog",
+    "PopResult",
+    "build_certificates",
+    "covering",
+    "dominates",
+    "estimate_covered",
+    "nondominated_layers",
+    "pareto_front",
+    "prune_check",
+    "run_pop",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,18 @@ class Evaluated:
     accuracy: float
     latency: float
     info: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> Stages:
+        """Identity in the front and the selection (:mod:`naslung.search.pareto`): the stages."""
+        return self.stages
+
+    @property
+    def shape(self) -> tuple[float, ...]:
+        """The three stage depths, then the log2 mean width of each stage."""
+        depths = [float(len(st)) for st in self.stages]
+        widths = [math.log2(sum(st) / len(st)) for st in self.stages]
+        return (*depths, *widths)
 
 
 @dataclass(frozen=True)
@@ -84,30 +113,6 @@ class PopResult:
     reused: int
     latency_cache: dict[Stages, float]
     certificates: list[Certificate]
-
-
-def dominates(b: Evaluated, a: Evaluated) -> bool:
-    """``b`` is at least as accurate and as fast as ``a``, and strictly better in one."""
-    return b.accuracy >= a.accuracy and b.latency <= a.latency and (b.accuracy > a.accuracy or b.latency < a.latency)
-
-
-def pareto_front(items: Iterable[Evaluated]) -> list[Evaluated]:
-    """Non-dominated items, sorted by latency then descending accuracy."""
-    pool = list(items)
-    front = [a for a in pool if not any(dominates(b, a) for b in pool)]
-    return sorted(front, key=lambda e: (e.latency, -e.accuracy, e.stages))
-
-
-def nondominated_layers(items: Iterable[Evaluated]) -> list[list[Evaluated]]:
-    """Non-dominated sorting: layer 0 is the Pareto front, layer 1 the front of the rest, and so on."""
-    rest = list(items)
-    layers: list[list[Evaluated]] = []
-    while rest:
-        layer = pareto_front(rest)
-        keys = {e.stages for e in layer}
-        rest = [e for e in rest if e.stages not in keys]
-        layers.append(layer)
-    return layers
 
 
 def build_certificates(trained: Sequence[Evaluated]) -> list[Certificate]:

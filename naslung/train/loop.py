@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from naslung.data.patches import check_patches
 from naslung.metrics import binary_metrics
 from naslung.models.asoftmax import build_loss
 from naslung.models.factory import AnySpec, build
@@ -72,12 +73,10 @@ def _as_tensors(pair: ArrayPair, role: str) -> tuple[torch.Tensor, torch.Tensor]
     except (TypeError, ValueError) as exc:
         raise TypeError(f"fit: {role} data must be a pair (X, y)") from exc
     check_not_sealed(X, role)
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32) if not isinstance(X, torch.Tensor) else X).float()
+    arr = X.detach().float().cpu().numpy() if isinstance(X, torch.Tensor) else X  # once per fit, not per batch
+    x = check_patches(np.asarray(arr, dtype=np.float32), f"fit: {role} X", size=None, values=False, allow_empty=True)
+    Xt = torch.as_tensor(x).unsqueeze(1)
     yt = torch.as_tensor(np.array(y) if not isinstance(y, torch.Tensor) else y).long().ravel()
-    if Xt.ndim == 4:
-        Xt = Xt.unsqueeze(1)
-    if Xt.ndim != 5 or Xt.shape[1] != 1:
-        raise ValueError(f"fit: {role} X must be (n, 1, D, H, W), got {tuple(Xt.shape)}")
     if Xt.shape[0] != yt.shape[0]:
         raise ValueError(f"fit: {role} X has {Xt.shape[0]} rows but y has {yt.shape[0]}")
     if Xt.shape[0] == 0:
@@ -189,12 +188,11 @@ def fit(
         betas=cast("tuple[float, float]", tuple(train_params.betas)),
         weight_decay=train_params.weight_decay,
     )
-    if train_params.lr_schedule == "cosine":
-        schedule: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
-    elif train_params.lr_schedule == "constant":
-        schedule = None
-    else:
-        raise ValueError(f"train.lr_schedule must be constant or cosine, got {train_params.lr_schedule!r}")
+    schedule: Any = (  # train.lr_schedule is a validated LrSchedule: constant | cosine
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
+        if train_params.lr_schedule == "cosine"
+        else None
+    )
     gen = torch.Generator().manual_seed(seed)
     if device != "cpu":
         Xtr, ytr = Xtr.to(device), ytr.to(device)

@@ -4,8 +4,9 @@
 (``naslung cv``) and summarises fold-wise and mean ± std test metrics; :func:`compare_heads` trains a spec
 with a linear softmax head and with A-Softmax and compares their penultimate features (``naslung
 features``, the paper's Table 4). Runs are logged through the ``tracker`` passed in
-(:class:`naslung.train.tracker.TrainingTracker`, e.g. the MLflow adapter :mod:`naslung.tracking`); ``None``
-logs nothing.
+(:class:`naslung.tracker.Tracker`, e.g. :class:`naslung.tracking.MlflowTracker`); ``None`` means
+:class:`~naslung.tracker.NullTracker`, which records nothing. The cv parent run logs the whole effective
+configuration flattened (``train.lr``, ...).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import math
 import tempfile
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from naslung.artifact_paths import ArtifactsDir
 from naslung.data.baseline import diameter_baseline_folds
 from naslung.features import davies_bouldin, table_markdown, tsne_embedding
 from naslung.latency import measure_batches
@@ -33,9 +34,9 @@ from naslung.models.factory import AnySpec, spec_flops, spec_summary
 from naslung.models.spec import ArchSpec
 from naslung.params import Params, to_dict
 from naslung.plots import confusion_png, curves_png, roc_png, tsne_png
+from naslung.tracker import NULL_TRACKER, Tracker, flat_config
 from naslung.train.loop import FitResult, extract_features, fit, predict_proba, resolve_device
 from naslung.train.protocol import EvalResult, FoldSplit, make_split, open_split
-from naslung.train.tracker import TrainingTracker
 
 
 @dataclass
@@ -122,7 +123,7 @@ def run_training(
     seed: int | None = None,
     device: str | None = None,
     artifacts: str | Path | None = None,
-    tracker: TrainingTracker | None = None,
+    tracker: Tracker | None = None,
     want_features: bool = False,
     progress: bool = True,
     parent_run_id: str | None = None,
@@ -142,24 +143,20 @@ def run_training(
     device = resolve_device(device or params.train.device)
     split = make_split(params.prepare.n_folds, fold, params.seed)
 
-    tracking = tracker
-    ctx: Any = nullcontext(None)
-    if tracking is not None:
-        tracking.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
-        tags = {"naslung.spec_id": spec.spec_id, "naslung.fold": str(fold), "naslung.loss": spec.head}
-        ctx = tracking.training_run(
-            f"{spec.spec_id}-{spec.head}{'-cbam' if spec.cbam else ''}-fold{fold}",
-            _run_params(params, spec, split, dev_seed, n_epochs, device),
-            tags,
-            parent_run_id=parent_run_id,
-        )
+    tracker = tracker or NULL_TRACKER
+    tracker.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
+    run = tracker.training_run(
+        f"{spec.spec_id}-{spec.head}{'-cbam' if spec.cbam else ''}-fold{fold}",
+        _run_params(params, spec, split, dev_seed, n_epochs, device),
+        {"naslung.spec_id": spec.spec_id, "naslung.fold": str(fold), "naslung.loss": spec.head},
+        parent_run_id=parent_run_id,
+    )
     dev, test = open_split(store, split)
-    with test, ctx as run_id:  # the seal on the test rows is lifted on the way out, also when fit raises
-        if tracking is not None:
-            manifest = Path(getattr(store, "root", Path(artifacts or params.paths.artifacts))) / "manifest.csv"
-            if manifest.exists():
-                tracking.log_manifest_input(manifest, Path("dvc.lock"))
-            tracking.log_dict(spec.to_dict(), "spec.json")
+    with test, run as run_id:  # the seal on the test rows is lifted on the way out, also when fit raises
+        manifest = ArtifactsDir(Path(getattr(store, "root", Path(artifacts or params.paths.artifacts)))).manifest
+        if manifest.exists():
+            tracker.log_manifest_input(manifest, Path("dvc.lock"))
+        tracker.log_dict(spec.to_dict(), "spec.json")
         result = fit(
             spec,
             dev.train,
@@ -169,7 +166,7 @@ def run_training(
             epochs=n_epochs,
             seed=dev_seed,
             device=device,
-            on_epoch=tracking.log_epoch if tracking is not None else None,
+            on_epoch=tracker.log_epoch,
             progress=progress,
         )
         model = result.model
@@ -183,35 +180,34 @@ def run_training(
         outcome = TrainingOutcome(
             spec, split, result, evaluated, latency, int(count_params(model)), int(spec_flops(spec)), run_id
         )
-        if tracking is not None:
-            _log_outcome(tracking, outcome, params)
+        _log_outcome(tracker, outcome, params)
     return outcome
 
 
-def _log_outcome(tracking: TrainingTracker, out: TrainingOutcome, params: Params) -> None:
-    tracking.log_metrics({"n_params": out.n_params, "flops": out.flops, "best_epoch": out.fit.best_epoch})
-    tracking.log_metrics(out.fit.val_metrics, prefix="best_val_")
-    tracking.log_metrics(out.test.metrics, prefix="test_")
+def _log_outcome(tracker: Tracker, out: TrainingOutcome, params: Params) -> None:
+    tracker.log_metrics({"n_params": out.n_params, "flops": out.flops, "best_epoch": out.fit.best_epoch})
+    tracker.log_metrics(out.fit.val_metrics, prefix="best_val_")
+    tracker.log_metrics(out.test.metrics, prefix="test_")
     for b, lat in out.latency.items():
-        tracking.log_metrics(
+        tracker.log_metrics(
             {f"latency_ms_b{b}": lat["ms_per_nodule"], f"latency_iqr_over_median_b{b}": lat["iqr_over_median"]}
         )
-    tracking.log_dict(out.fit.history, "history.json")
-    tracking.log_dict({str(b): v for b, v in out.latency.items()}, "latency.json")
+    tracker.log_dict(out.fit.history, "history.json")
+    tracker.log_dict({str(b): v for b, v in out.latency.items()}, "latency.json")
     with tempfile.TemporaryDirectory(prefix="naslung-plots-") as tmp:
         t = Path(tmp)
         title = f"{out.spec.spec_id} fold {out.split.test_fold}"
         pd.DataFrame({"id": list(out.test.ids), "y": out.test.y, "prob": out.test.prob}).to_csv(
             t / "test_predictions.csv", index=False
         )
-        tracking.log_artifact(t / "test_predictions.csv")
+        tracker.log_artifact(t / "test_predictions.csv")
         for p in (
             roc_png(out.test.y, out.test.prob, t / "roc.png", f"ROC test, {title}"),
             confusion_png(out.test.metrics, t / "confusion.png", f"test, {title}"),
             curves_png(out.fit.history, t / "curves.png", out.fit.best_epoch),
         ):
-            tracking.log_artifact(p, "plots")
-    tracking.log_model(out.fit.model.cpu(), out.spec, params.model.margin_m)
+            tracker.log_artifact(p, "plots")
+    tracker.log_model(out.fit.model.cpu(), out.spec, params.model.margin_m)
     out.fit.model.to(out.fit.device)
 
 
@@ -230,33 +226,32 @@ def run_cv(
     epochs: int | None = None,
     device: str | None = None,
     artifacts: str | Path | None = None,
-    tracker: TrainingTracker | None = None,
+    tracker: Tracker | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """:func:`run_training` for each test fold; fold-wise and mean ± std (sample std) test metrics.
 
-    Writes ``<artifacts>/cv_<spec_id>.json``; with ``log`` the fold runs are nested under a parent run that
-    carries the mean/std metrics. The diameter-only baseline of ``prepare_metrics.json`` is copied in when
-    present, for comparison.
+    Writes ``<artifacts>/cv_<spec_id>.json``; the fold runs are nested under a parent run that carries the
+    flattened configuration and the mean/std metrics. The diameter-only baseline of ``prepare_metrics.json``
+    is copied in when present, for comparison.
     """
     root = Path(artifacts or params.paths.artifacts)
     store = _open_store(params, root)
     rows: list[dict[str, Any]] = []
-    parent: Any = nullcontext(None)
-    tracking = tracker
-    if tracking is not None:
-        tracking.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
-        parent = tracking.training_run(
-            f"cv-{spec.spec_id}-{spec.head}{'-cbam' if spec.cbam else ''}",
-            {
-                "spec": spec.ref_string(),
-                "spec_id": spec.spec_id,
-                "folds": list(folds),
-                "loss": spec.head,
-                "cbam": spec.cbam,
-            },
-            {"naslung.spec_id": spec.spec_id, "naslung.kind": "cv"},
-        )
+    tracker = tracker or NULL_TRACKER
+    tracker.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
+    parent = tracker.training_run(
+        f"cv-{spec.spec_id}-{spec.head}{'-cbam' if spec.cbam else ''}",
+        {
+            **flat_config(to_dict(params)),
+            "spec": spec.ref_string(),
+            "spec_id": spec.spec_id,
+            "folds": list(folds),
+            "loss": spec.head,
+            "cbam": spec.cbam,
+        },
+        {"naslung.spec_id": spec.spec_id, "naslung.kind": "cv"},
+    )
     with parent as parent_id:
         for fold in folds:
             out = run_training(
@@ -291,15 +286,14 @@ def run_cv(
             mean, std = _mean_std([r["test"][name] for r in rows])
             agg[name] = {"mean": mean, "std": std}
         summary["test_mean_std"] = agg
-        pm = root / "prepare_metrics.json"
+        pm = ArtifactsDir(root).prepare_metrics
         if pm.exists():
             summary["prepare_metrics_baseline"] = json.loads(pm.read_text(encoding="utf-8")).get("diameter_baseline")
         # The fair comparison: threshold fitted on the non-test folds, scored on the same test folds.
         summary["diameter_baseline_folds"] = diameter_baseline_folds(store.manifest, list(folds))
-        if tracking is not None:
-            tracking.log_metrics({f"test_{k}_mean": v["mean"] for k, v in agg.items()})
-            tracking.log_metrics({f"test_{k}_std": v["std"] for k, v in agg.items()})
-            tracking.log_dict(summary, "cv.json")
+        tracker.log_metrics({f"test_{k}_mean": v["mean"] for k, v in agg.items()})
+        tracker.log_metrics({f"test_{k}_std": v["std"] for k, v in agg.items()})
+        tracker.log_dict(summary, "cv.json")
     root.mkdir(parents=True, exist_ok=True)
     (root / f"cv_{spec.spec_id}.json").write_text(encoding="utf-8", data=json.dumps(summary, indent=1, default=float))
     return summary
@@ -327,7 +321,7 @@ def compare_heads(
     device: str | None = None,
     artifacts: str | Path | None = None,
     out_dir: str | Path | None = None,
-    tracker: TrainingTracker | None = None,
+    tracker: Tracker | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``spec`` with a linear softmax head and with A-Softmax; DBI + t-SNE of test-fold features.

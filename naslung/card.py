@@ -1,0 +1,369 @@
+"""The model card as data: one :class:`ModelCard`, built once at registration, from which the markdown
+card, the model version's lineage tags and the TorchServe package's ``model_info.json`` are all derived.
+
+Like MONAI's ``metadata.json`` it records the intended use, the input format (shape, dtype, value range,
+spacing, axis order), the data and code versions, the members, and the evaluation metrics with their
+folds. Plain library code: no MLflow; :mod:`naslung.registry` gathers the facts that need the outside
+world (git commit, DVC url, validation verdict, search run) and passes them to :meth:`ModelCard.build`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from naslung.metrics import METRIC_NAMES
+from naslung.params import Params, PrepareParams
+
+TAG = "naslung."
+"""Prefix of every NASLung tag on a model version."""
+CARD_FILE = "model_card.json"
+CARD_MARKDOWN = "model_card.md"
+
+INTENDED_USE = (
+    "Decision support for radiologists: a malignancy score for a pulmonary nodule already found on CT "
+    "(32 mm cube around its centre). Not a diagnosis, not a detector, not validated for clinical use."
+)
+KNOWN_LIMITS = (
+    "Trained on the embedded synthetic dataset unless the patch store was built from real LUNA16/LIDC "
+    "data; metrics on synthetic data say nothing about clinical performance.",
+    "Labels are the mean of up to four LIDC readers' malignancy ratings (indeterminate nodules "
+    "excluded), not pathology.",
+    "Small test folds: fold-to-fold spread is large; compare mean ± std, not single folds.",
+)
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """What the model takes: a batch of patches cut around nodule centres."""
+
+    shape: tuple[int, ...]
+    """(n, channel, z, y, x); -1 = any batch size."""
+    dtype: str
+    value_range: tuple[float, float]
+    spacing_mm: tuple[float, float, float]
+    """Voxel spacing (z, y, x) in mm."""
+    axis_order: str
+    hu_window: tuple[float, float]
+    """HU range mapped linearly onto ``value_range`` (clipped)."""
+
+    @classmethod
+    def of(cls, prepare: PrepareParams) -> InputFormat:
+        p, s = int(prepare.patch_size), float(prepare.spacing_mm)
+        return cls(
+            shape=(-1, 1, p, p, p),
+            dtype="float32",
+            value_range=(0.0, 1.0),
+            spacing_mm=(s, s, s),
+            axis_order="(n, channel, z, y, x)",
+            hu_window=(float(prepare.hu_window[0]), float(prepare.hu_window[1])),
+        )
+
+
+PATCH_INPUT = InputFormat.of(PrepareParams())
+"""The input of every NASLung network: float32 (-1, 1, 32, 32, 32) in [0, 1], 1 mm, (z, y, x)."""
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The data version the members were trained and evaluated on."""
+
+    store: str
+    """The patch store folder (``paths.artifacts``)."""
+    hash: str
+    origin: str
+    """Where the md5s come from: ``dvc.lock`` or ``file``."""
+    manifest_md5: str
+    patches_md5: str
+    dvc_url: str | None
+    validation: str
+    """``passed`` | ``failed``: the data validation verdict about this data."""
+    validation_reason: str
+
+
+@dataclass(frozen=True)
+class CodeFacts:
+    git_commit: str | None
+    params_hash: str
+    member_params_hash: str
+    search_run_id: str | None
+    """MLflow run id(s) of the search that chose the members (JSON list for several); None for explicit specs."""
+
+
+@dataclass(frozen=True)
+class MemberFacts:
+    """One member of the deployed ensemble (trained for the deploy fold)."""
+
+    name: str
+    spec: dict[str, Any]
+    ref: str
+    """Short readable spec (reference string)."""
+    n_params: int
+    run_id: str | None
+    latency_ms_per_nodule: dict[str, float] = field(default_factory=dict)
+    """Batch size -> ms per nodule."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test-fold metrics (each member trained without its test fold); fold ids are strings in the dicts."""
+
+    folds: list[int]
+    ensemble_per_fold: dict[str, dict[str, float]]
+    ensemble_mean_std: dict[str, dict[str, float]]
+    member_mean_std: dict[str, dict[str, dict[str, float]]]
+    diameter_baseline: Any = None
+    selection_leak_folds: list[int] = field(default_factory=list)
+    search_fold: int | None = None
+
+
+def _spec_text(spec: Any) -> str:
+    """Short readable form of a member spec (reference string; ``dnas[...]`` for DNAS-derived members)."""
+    from naslung.models.factory import spec_from_dict
+
+    try:
+        return spec_from_dict(spec).ref_string() if isinstance(spec, dict) else str(spec)
+    except (KeyError, TypeError, ValueError):
+        return json.dumps(spec)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    intended_use: str
+    input: InputFormat
+    data: DataFacts
+    code: CodeFacts
+    deploy_fold: int
+    members: list[MemberFacts]
+    evaluation: Evaluation
+    known_limits: list[str]
+
+    @classmethod
+    def build(
+        cls,
+        params: Params,
+        index: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        *,
+        validation: tuple[bool, str],
+        search_run_id: str | None,
+        git_commit: str | None,
+        dvc_url: str | None,
+    ) -> ModelCard:
+        """The card of the ensemble indexed by ``index`` (``training.json``) and evaluated in ``metrics``
+        (``metrics.json``); ``validation`` is (passed, reason) about the index's data."""
+        data = index["data"]
+        deploy = [m for m in index["members"] if m["fold"] == index["deploy_fold"]]
+        ens = metrics["ensemble"]
+        leak = [int(f) for f in metrics.get("selection_leak_folds") or []]
+        limits = list(KNOWN_LIMITS)
+        if leak:
+            limits.append(
+                f"Test folds {leak} were training/validation data of the architecture search (it held out fold "
+                f"{params.search.fold} only): their figures are optimistic."
+            )
+        return cls(
+            name=params.registry.name,
+            intended_use=INTENDED_USE,
+            input=InputFormat.of(params.prepare),
+            data=DataFacts(
+                store=str(params.paths.artifacts),
+                hash=data["hash"],
+                origin=data["origin"],
+                manifest_md5=data["md5"]["manifest"],
+                patches_md5=data["md5"]["patches"],
+                dvc_url=dvc_url,
+                validation="passed" if validation[0] else "failed",
+                validation_reason=validation[1],
+            ),
+            code=CodeFacts(
+                git_commit=git_commit,
+                params_hash=params.section_hash(),
+                member_params_hash=index["member_params_hash"],
+                search_run_id=search_run_id,
+            ),
+            deploy_fold=int(index["deploy_fold"]),
+            members=[
+                MemberFacts(
+                    name=m["name"],
+                    spec=m["spec"],
+                    ref=_spec_text(m["spec"]),
+                    n_params=int(m["n_params"]),
+                    run_id=m["run_id"],
+                    latency_ms_per_nodule=dict(m.get("latency_ms_per_nodule") or {}),
+                )
+                for m in deploy
+            ],
+            evaluation=Evaluation(
+                folds=[int(f) for f in metrics["folds"]],
+                ensemble_per_fold=dict(ens["per_fold"]),
+                ensemble_mean_std=dict(ens["mean_std"]),
+                member_mean_std={n: m["mean_std"] for n, m in metrics["members"].items()},
+                diameter_baseline=metrics.get("diameter_baseline"),
+                selection_leak_folds=leak,
+                search_fold=int(params.search.fold),
+            ),
+            known_limits=limits,
+        )
+
+    # --- headline figures ---------------------------------------------------------------------------
+
+    @property
+    def f1_mean(self) -> float:
+        return float(self.evaluation.ensemble_mean_std["f1"]["mean"])
+
+    @property
+    def f1_per_fold(self) -> dict[str, float]:
+        return {f: m["f1"] for f, m in self.evaluation.ensemble_per_fold.items()}
+
+    # --- derived forms ------------------------------------------------------------------------------
+
+    def to_tags(self) -> dict[str, str]:
+        """The version's lineage tags ``naslung.*`` (strings, at most 5000 characters each)."""
+        d, c, e = self.data, self.code, self.evaluation
+        tags = {
+            "data.hash": d.hash,
+            "data.origin": d.origin,
+            "data.manifest_md5": d.manifest_md5,
+            "data.patches_md5": d.patches_md5,
+            "data.dvc_url": d.dvc_url or "",
+            "git_commit": c.git_commit or "",
+            "params_hash": c.params_hash,
+            "member_params_hash": c.member_params_hash,
+            "search_run_id": c.search_run_id or "",
+            "member_run_ids": json.dumps({m.name: m.run_id for m in self.members}),
+            "members": json.dumps([m.name for m in self.members]),
+            "deploy_fold": str(self.deploy_fold),
+            "eval_folds": json.dumps(e.folds),
+            "f1_mean": f"{self.f1_mean:.6f}",
+            "f1_per_fold": json.dumps(self.f1_per_fold),
+            "auc_mean": f"{e.ensemble_mean_std['auc']['mean']:.6f}",
+            "validation": d.validation,
+            "validation_reason": d.validation_reason,
+        }
+        return {TAG + k: str(v)[:5000] for k, v in tags.items()}
+
+    def to_model_info(self) -> dict[str, Any]:
+        """The card's part of the TorchServe package's ``model_info.json`` (the packager adds version,
+        alias, run id and serving limits)."""
+        return {
+            "intended_use": self.intended_use,
+            "input": asdict(self.input),
+            "members": [m.name for m in self.members],
+            "deploy_fold": self.deploy_fold,
+            "eval_folds": self.evaluation.folds,
+            "f1_mean": self.f1_mean,
+            "f1_per_fold": self.f1_per_fold,
+            "auc_mean": float(self.evaluation.ensemble_mean_std["auc"]["mean"]),
+            "data_hash": self.data.hash,
+            "validation": self.data.validation,
+            "git_commit": self.code.git_commit,
+            "params_hash": self.code.params_hash,
+        }
+
+    def reproduce_text(self) -> str:
+        return (
+            f"`git checkout {self.code.git_commit or '<commit>'} && dvc pull && dvc repro` (or: `naslung prepare && "
+            f"naslung validate && naslung ensemble train && naslung evaluate && naslung register && naslung "
+            f"promote`). Data: patch store md5s {self.data.manifest_md5} / {self.data.patches_md5}; params hash "
+            f"{self.code.params_hash}; members chosen by search run "
+            f"{self.code.search_run_id or '(explicit ensemble.specs)'}."
+        )
+
+    def description(self, run_id: str) -> str:
+        """The registered version's description (at most 4900 characters)."""
+        names = [m.name for m in self.members]
+        text = (
+            f"NASLung ensemble of {len(names)} members ({', '.join(names)}), test-fold mean F1 "
+            f"{self.f1_mean:.6f} over folds {self.evaluation.folds}. Registered by run {run_id}; member "
+            f"training runs: {json.dumps({m.name: m.run_id for m in self.members})}. Model card: artifact "
+            f"`{CARD_MARKDOWN}` of that run.\n\nReproduce: {self.reproduce_text()}"
+        )
+        return text[:4900]
+
+    def to_markdown(self) -> str:
+        """The human-readable model card."""
+        from naslung.ensemble.evaluation import table_markdown
+
+        d, c, e, i = self.data, self.code, self.evaluation, self.input
+        lines = [
+            f"# Model card: {self.name}",
+            "",
+            "## Intended use",
+            self.intended_use,
+            "",
+            "## Input",
+            f"- {i.dtype} patches of shape {list(i.shape)} (axes {i.axis_order}), values in "
+            f"[{i.value_range[0]:g}, {i.value_range[1]:g}] (HU window {list(i.hu_window)} clipped and scaled), "
+            f"voxel spacing {list(i.spacing_mm)} mm",
+            "",
+            "## Data",
+            f"- patch store `{d.store}` (manifest md5 `{d.manifest_md5}`, patches md5 `{d.patches_md5}`, "
+            f"origin {d.origin})",
+            f"- data validation: {d.validation} ({d.validation_reason})",
+            f"- git commit `{c.git_commit or ''}`, params hash `{c.params_hash}`",
+            "",
+            f"## Architecture: {len(self.members)} members, majority vote (mean probability as score)",
+            "| member | spec | params | latency ms/nodule |",
+            "|---|---|---|---|",
+        ]
+        for m in self.members:
+            lat = ", ".join(f"b{b}: {v:.2f}" for b, v in m.latency_ms_per_nodule.items())
+            lines.append(f"| {m.name} | `{m.ref}` | {m.n_params} | {lat} |")
+        table = {
+            "members": {n: {"mean_std": ms} for n, ms in e.member_mean_std.items()},
+            "ensemble": {"mean_std": e.ensemble_mean_std},
+        }
+        lines += [
+            "",
+            f"## Metrics (test folds {e.folds}, each member trained without its test fold)",
+            table_markdown(table),
+            "",
+            "Ensemble per fold:",
+            "",
+            "| fold | " + " | ".join(METRIC_NAMES) + " |",
+            "|---|" + "---|" * len(METRIC_NAMES),
+        ]
+        for f, fm in e.ensemble_per_fold.items():
+            lines.append(f"| {f} | " + " | ".join(f"{fm[n]:.3f}" for n in METRIC_NAMES) + " |")
+        if e.diameter_baseline:
+            lines += ["", f"Diameter-only baseline: `{json.dumps(e.diameter_baseline, default=float)[:400]}`"]
+        lines += ["", "## Known limits", *(f"- {t}" for t in self.known_limits), "", "## Reproduce"]
+        lines.append(self.reproduce_text())
+        return "\n".join(lines) + "\n"
+
+    # --- JSON ---------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
+        """Inverse of :meth:`to_dict` (e.g. of a logged ``model_card.json``)."""
+        inp = data["input"]
+        return cls(
+            name=data["name"],
+            intended_use=data["intended_use"],
+            input=InputFormat(
+                shape=tuple(inp["shape"]),
+                dtype=inp["dtype"],
+                value_range=(float(inp["value_range"][0]), float(inp["value_range"][1])),
+                spacing_mm=(float(inp["spacing_mm"][0]), float(inp["spacing_mm"][1]), float(inp["spacing_mm"][2])),
+                axis_order=inp["axis_order"],
+                hu_window=(float(inp["hu_window"][0]), float(inp["hu_window"][1])),
+            ),
+            data=DataFacts(**_known(DataFacts, data["data"])),
+            code=CodeFacts(**_known(CodeFacts, data["code"])),
+            deploy_fold=int(data["deploy_fold"]),
+            members=[MemberFacts(**_known(MemberFacts, m)) for m in data["members"]],
+            evaluation=Evaluation(**_known(Evaluation, data["evaluation"])),
+            known_limits=list(data["known_limits"]),
+        )
+
+
+def _known(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}

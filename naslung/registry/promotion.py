@@ -1,0 +1,117 @@
+"""Promotion and rollback: the aliases ``champion`` / ``challenger`` / ``previous`` and the gate's record.
+
+:func:`promote` reads the figures of challenger and champion off their lineage tags, lets the pure gate
+:func:`naslung.gate.decide` decide, moves the aliases (``champion`` -> challenger, old champion ->
+``previous``) and records the decision: tags ``naslung.gate.*`` on the version, a JSON record
+``gate/decision-v<version>-<time ns>.json`` in the version's run, and a printed line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mlflow import MlflowClient
+
+from naslung import gate
+from naslung.card import TAG
+from naslung.gate import GateDecision
+from naslung.params import Params
+from naslung.registry.store import CHALLENGER, CHAMPION, PREVIOUS, configure, version_at
+
+
+def _figures(name: str, mv: Any) -> gate.VersionFigures:
+    """What the gate needs of a model version, read off its lineage tags (:meth:`ModelCard.to_tags`)."""
+    raw = mv.tags.get(TAG + "f1_per_fold")
+    return gate.VersionFigures(
+        name=name,
+        version=str(mv.version),
+        validation=mv.tags.get(TAG + "validation"),
+        validation_reason=mv.tags.get(TAG + "validation_reason"),
+        f1_per_fold={str(k): float(v) for k, v in json.loads(raw).items()} if raw else {},
+        data_hash=mv.tags.get(TAG + "data.hash"),
+    )
+
+
+def _record(
+    client: MlflowClient,
+    d: GateDecision,
+    run_id: str | None,
+    challenger: gate.VersionFigures,
+    champion: gate.VersionFigures | None,
+    settings: gate.GateSettings,
+) -> GateDecision:
+    """Tag the decision on the version and the registered model, log its JSON record, print it."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    verdict = d.verdict
+    client.set_model_version_tag(d.name, d.version, TAG + "gate.decision", verdict)
+    client.set_model_version_tag(d.name, d.version, TAG + "gate.reason", d.reason[:5000])
+    client.set_model_version_tag(d.name, d.version, TAG + "gate.time", stamp)
+    if run_id:
+        path = f"gate/decision-v{d.version}-{time.time_ns()}.json"  # one record per decision, never overwritten
+        client.log_dict(run_id, gate.decision_record(d, challenger, champion, settings, stamp), path)
+        client.set_model_version_tag(d.name, d.version, TAG + "gate.record", path)
+    client.set_registered_model_tag(d.name, TAG + "last_decision", f"{stamp} v{d.version} {verdict}: {d.reason}"[:5000])
+    print(f"gate {d.name} v{d.version}: {verdict.upper()} - {d.reason}")
+    return d
+
+
+def promote(params: Params, version: str | int | None = None) -> GateDecision:
+    """Gate the ``challenger`` (or ``version``) and promote it to ``champion`` when it passes.
+
+    Passes when (1) its data validation passed (when ``registry.require_validation``) and (2) there is no
+    champion, or the mean F1 over the folds both versions were evaluated on is >= the champion's minus
+    ``registry.f1_tolerance`` (:func:`naslung.gate.decide`). On promotion the old champion keeps the alias
+    ``previous``.
+    """
+    configure(params)
+    client = MlflowClient()
+    name = params.registry.name
+    mv = client.get_model_version(name, str(version)) if version is not None else version_at(client, name, CHALLENGER)
+    if mv is None:
+        raise ValueError(f"promote: {name} has no version with alias '{CHALLENGER}' (run `naslung register` first)")
+    champ = version_at(client, name, CHAMPION)
+    settings = gate.GateSettings(float(params.registry.f1_tolerance), bool(params.registry.require_validation))
+    challenger = _figures(name, mv)
+    champion = _figures(name, champ) if champ is not None else None
+    d = gate.decide(challenger, champion, settings)
+    if d.promoted:
+        if champ is not None:
+            client.set_registered_model_alias(name, PREVIOUS, str(champ.version))
+        client.set_registered_model_alias(name, CHAMPION, d.version)
+        ch = version_at(client, name, CHALLENGER)
+        if ch is not None and str(ch.version) == d.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    return _record(client, d, mv.run_id, challenger, champion, settings)
+
+
+def rollback(params: Params) -> dict[str, str]:
+    """Make the ``previous`` version champion again; the demoted champion becomes ``previous``."""
+    configure(params)
+    client = MlflowClient()
+    name = params.registry.name
+    prev, champ = version_at(client, name, PREVIOUS), version_at(client, name, CHAMPION)
+    if prev is None:
+        raise ValueError(f"rollback: {name} has no '{PREVIOUS}' version to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, str(prev.version))
+    if champ is not None:
+        client.set_registered_model_alias(name, PREVIOUS, str(champ.version))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    old = str(champ.version) if champ is not None else "none"
+    msg = f"rollback: champion v{old} -> v{prev.version}"
+    client.set_model_version_tag(name, str(prev.version), TAG + "gate.decision", "rolled back to")
+    client.set_model_version_tag(name, str(prev.version), TAG + "gate.reason", f"{stamp} {msg}")
+    if champ is not None:
+        client.set_model_version_tag(name, old, TAG + "gate.decision", "rolled back from")
+        client.set_model_version_tag(name, old, TAG + "gate.reason", f"{stamp} {msg}")
+    client.set_registered_model_tag(name, TAG + "last_decision", f"{stamp} {msg}")
+    print(f"{name}: {msg}")
+    return {"name": name, "champion": str(prev.version), "previous": old}
+
+
+def aliases(params: Params) -> dict[str, str]:
+    """Current alias -> version map of ``registry.name``."""
+    configure(params)
+    rm = MlflowClient().get_registered_model(params.registry.name)
+    return {a: str(v) for a, v in (rm.aliases or {}).items()}

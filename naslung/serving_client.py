@@ -1,0 +1,131 @@
+"""HTTP client of one model served by TorchServe's inference API (httpx; no TorchServe import).
+
+Requests are ``POST /predictions/<model>`` (or ``/explanations/<model>``) with the ``.npy`` payload of
+:mod:`naslung.scoring` and ``Authorization: Bearer <inference key>``; the answer is a JSON list with one
+object per patch. Connection failures and 502/503/504 answers are retried (``retries`` times, waiting
+0.5 s, 1 s, ...); any other non-200 answer raises :class:`ServingError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from naslung.scoring import encode_payload
+
+RETRY_STATUSES = (502, 503, 504)
+
+
+class ServingError(RuntimeError):
+    """A request TorchServe (or the handler) refused; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServingClient:
+    """Thread-safe client of one TorchServe model: one pooled keep-alive httpx client, bearer token.
+
+    ``predict(patches)`` posts patches (N, 32, 32, 32) float32 in [0, 1] to ``/predictions/<model>`` and
+    returns one dict per patch (probability, label, votes, member_probs, model_name, model_version);
+    ``explain(patches)`` posts them to ``/explanations/<model>`` and each dict also holds ``cam``,
+    ``attention`` and ``explain_target`` (decode the maps with :func:`naslung.scoring.decode_map`).
+    ``timeout_s`` bounds connecting, sending, waiting for the answer and waiting for a free connection
+    (each, in s); ``max_connections`` caps the connections kept to the server (None: httpx's default, 100).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        key: str | None,
+        timeout_s: float = 120.0,
+        retries: int = 2,
+        max_connections: int | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = f"/predictions/{model_name}"
+        self.explain_path = f"/explanations/{model_name}"
+        self.key = key
+        self.timeout_s = timeout_s
+        self.retries = retries
+        limits = httpx.Limits() if max_connections is None else httpx.Limits(max_connections=max_connections)
+        # trust_env=False: loopback traffic never goes through an HTTP(S)_PROXY from the environment
+        self._http = httpx.Client(
+            base_url=f"http://{self.host}:{self.port}",
+            timeout=httpx.Timeout(timeout_s),
+            limits=limits,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def post(self, body: bytes, auth: bool = True, path: str | None = None) -> tuple[int, str]:
+        """POST a raw body (to ``path``, default the predictions path); returns (status, text).
+        Retries connection failures and 502/503/504 answers; raises :class:`ServingError` (status 0)
+        when no answer came."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if auth and self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._http.post(path or self.path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            if resp.status_code in RETRY_STATUSES and attempt < self.retries:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            return resp.status_code, resp.content.decode(errors="replace")
+        raise ServingError(f"no answer from TorchServe at {self.host}:{self.port}: {last}", 0)
+
+    def predict(self, patches: np.ndarray) -> list[dict[str, Any]]:
+        """One result dict per patch from ``/predictions/<model>``."""
+        return answers(self.post(encode_payload(patches)), len(patches))
+
+    def explain(self, patches: np.ndarray) -> list[dict[str, Any]]:
+        """One result dict per patch, with encoded maps, from ``/explanations/<model>``."""
+        return answers(self.post(encode_payload(patches), path=self.explain_path), len(patches))
+
+
+def answers(answer: tuple[int, str], n_patches: int) -> list[dict[str, Any]]:
+    """The per-patch result dicts of one (status, text) answer; :class:`ServingError` unless it is a
+    200 holding exactly ``n_patches`` results (a single-patch answer may come back unwrapped)."""
+    status, text = answer
+    if status != 200:
+        raise ServingError(f"TorchServe answered HTTP {status}: {error_message(text)}", status)
+    out = json.loads(text)
+    if isinstance(out, dict):
+        out = [out]
+    if len(out) != n_patches:
+        raise ServingError(f"TorchServe returned {len(out)} results for {n_patches} patches", 502)
+    return out
+
+
+def error_message(text: str) -> str:
+    """The ``error`` (or ``message``) of a JSON error body, else the text itself; at most 300 characters."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:300] or "(empty body)"
+    if isinstance(data, dict):
+        return str(data.get("error") or data.get("message") or data)[:300]
+    return str(data)[:300]

@@ -1,0 +1,127 @@
+"""The model card as data (no MLflow): built once from the index and the metrics; its markdown, version
+tags, package info and JSON form all carry the same facts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from naslung.card import TAG, ModelCard
+from naslung.metrics import METRIC_NAMES
+from naslung.models.spec import ArchSpec
+from naslung.params import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = [ArchSpec.parse(s, cbam=False, head="linear") for s in ("[4, 4, [4], [4], [4]]", "[4, 4, [4], [8], [8]]")]
+
+
+def _figures(f1: float) -> dict[str, float]:
+    return {n: (f1 if n == "f1" else 0.5) for n in METRIC_NAMES}
+
+
+def _mean_std(f1: float) -> dict[str, dict[str, float]]:
+    return {n: {"mean": (f1 if n == "f1" else 0.5), "std": 0.1} for n in METRIC_NAMES}
+
+
+def _member(spec: ArchSpec, fold: int) -> dict:
+    return {
+        "name": spec.spec_id,
+        "spec": spec.to_dict(),
+        "fold": fold,
+        "run_id": f"run-{spec.spec_id}-{fold}",
+        "n_params": 1000 + fold,
+        "latency_ms_per_nodule": {"2": 1.5},
+    }
+
+
+@pytest.fixture
+def card() -> ModelCard:
+    params = load_params(REPO / "params.yaml")
+    index = {
+        "data": {"hash": "h123", "origin": "dvc.lock", "md5": {"manifest": "m" * 32, "patches": "p" * 32}},
+        "deploy_fold": 1,
+        "member_params_hash": "mph456",
+        "members": [_member(s, f) for f in (2, 1) for s in SPECS],
+    }
+    metrics = {
+        "folds": [1, 2],
+        "member_names": [s.spec_id for s in SPECS],
+        "members": {s.spec_id: {"mean_std": _mean_std(0.6)} for s in SPECS},
+        "ensemble": {"per_fold": {"1": _figures(0.75), "2": _figures(0.25)}, "mean_std": _mean_std(0.5)},
+        "diameter_baseline": {"f1": 0.4},
+        "selection_leak_folds": [2],
+    }
+    return ModelCard.build(
+        params,
+        index,
+        metrics,
+        validation=(True, "artifacts/validation.json: success"),
+        search_run_id="search-run",
+        git_commit="abc123",
+        dvc_url=None,
+    )
+
+
+def test_tags_are_the_lineage_of_the_deploy_fold_members(card: ModelCard) -> None:
+    tags = card.to_tags()
+    names = [s.spec_id for s in SPECS]
+    assert tags == {
+        TAG + "data.hash": "h123",
+        TAG + "data.origin": "dvc.lock",
+        TAG + "data.manifest_md5": "m" * 32,
+        TAG + "data.patches_md5": "p" * 32,
+        TAG + "data.dvc_url": "",
+        TAG + "git_commit": "abc123",
+        TAG + "params_hash": load_params(REPO / "params.yaml").section_hash(),
+        TAG + "member_params_hash": "mph456",
+        TAG + "search_run_id": "search-run",
+        TAG + "member_run_ids": json.dumps({n: f"run-{n}-1" for n in names}),
+        TAG + "members": json.dumps(names),
+        TAG + "deploy_fold": "1",
+        TAG + "eval_folds": "[1, 2]",
+        TAG + "f1_mean": "0.500000",
+        TAG + "f1_per_fold": json.dumps({"1": 0.75, "2": 0.25}),
+        TAG + "auc_mean": "0.500000",
+        TAG + "validation": "passed",
+        TAG + "validation_reason": "artifacts/validation.json: success",
+    }
+
+
+def test_markdown_states_use_input_data_members_metrics_limits_and_how_to_reproduce(card: ModelCard) -> None:
+    md = card.to_markdown()
+    for text in (
+        "# Model card: naslung-ensemble",
+        "## Intended use",
+        "Not a diagnosis",
+        "float32 patches of shape [-1, 1, 32, 32, 32] (axes (n, channel, z, y, x)), values in [0, 1]",
+        "voxel spacing [1.0, 1.0, 1.0] mm",
+        f"manifest md5 `{'m' * 32}`",
+        "data validation: passed (artifacts/validation.json: success)",
+        "## Architecture: 2 members, majority vote",
+        f"| {SPECS[1].spec_id} | `{SPECS[1].ref_string()}` | 1001 | b2: 1.50 |",
+        "## Metrics (test folds [1, 2], each member trained without its test fold)",
+        "| **ensemble** | 0.500 ± 0.100",
+        "| 2 | " + " | ".join("0.250" if n == "f1" else "0.500" for n in METRIC_NAMES) + " |",
+        'Diameter-only baseline: `{"f1": 0.4}`',
+        "- Test folds [2] were training/validation data of the architecture search",
+        "`git checkout abc123 && dvc pull && dvc repro`",
+        "members chosen by search run search-run.",
+    ):
+        assert text in md, text
+    assert md.index("## Known limits") < md.index("## Reproduce")
+
+
+def test_json_round_trip_and_package_info(card: ModelCard) -> None:
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again == card and again.to_markdown() == card.to_markdown()
+    info = json.loads(json.dumps(card.to_model_info()))
+    assert info["input"]["shape"] == [-1, 1, 32, 32, 32] and info["input"]["dtype"] == "float32"
+    assert info["members"] == [s.spec_id for s in SPECS] and info["eval_folds"] == [1, 2]
+    assert info["f1_mean"] == 0.5 and info["f1_per_fold"] == {"1": 0.75, "2": 0.25}
+    assert (info["data_hash"], info["git_commit"], info["validation"]) == ("h123", "abc123", "passed")
+    assert "name" not in info and "version" not in info  # the packager's facts, not the card's
+    text = card.description("reg-run")
+    assert text.startswith("NASLung ensemble of 2 members") and "Registered by run reg-run" in text
+    assert text.endswith(card.reproduce_text())

@@ -1,0 +1,63 @@
+"""The ``naslung`` command line: global options anywhere, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from naslung.cli import main
+
+
+def test_params_is_accepted_before_and_after_the_subcommand(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.yaml"
+    for argv in (
+        ["--params", str(missing), "validate"],
+        ["validate", "--params", str(missing)],
+        ["serve", "package", "--params", str(missing)],
+        ["--params", "params.yaml", "validate", "--params", str(missing)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"params file not found: {missing}" in err and "Traceback" not in err, (argv, err)
+
+
+def test_bad_device_and_unknown_run_are_one_line_errors(tmp_path: Path, capsys, monkeypatch) -> None:
+    params = str(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert main(["latency", "--params", params, "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'tpu': expected auto, cpu, cuda or cuda:<index>" in err and "Traceback" not in err, err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    assert main(["evaluate-run", "--params", params, "--run-id", "0123456789abcdef"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow run '0123456789abcdef'" in err and "Traceback" not in err, err
+
+
+def test_set_is_accepted_anywhere_in_order_and_shorthands_win(tmp_path: Path, capsys) -> None:
+    """``--set`` before COMMAND, after it and after the nested subcommand all apply, in command-line order
+    (later wins); a command's own flag (``--n-scans``) is applied on top of every ``--set``."""
+    params = str(Path(__file__).resolve().parents[2] / "params.yaml")
+
+    def synth(*argv: str) -> dict:
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        code = main(["--params", params, *argv[:2], "data", *argv[2:4], "synth", *argv[4:], "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        capsys.readouterr()
+        return json.loads((out / "synth_summary.json").read_text())
+
+    common = ("--set", "synth.n_scans=3", "--set", "synth.n_scans=4", "--set", "synth.seed=5", "--tables-only")
+    s = synth(*common, "--no-progress")
+    assert (s["n_scans"], s["seed"]) == (4, 5)
+    s = synth(*common, "--n-scans", "2", "--no-progress")
+    assert (s["n_scans"], s["seed"]) == (2, 5)
+
+
+def test_bad_set_is_a_one_line_error_naming_the_key(capsys) -> None:
+    for argv, words in (
+        (["--set", "search.budgte=3", "validate"], "unknown key 'search.budgte' (did you mean 'search.budget'?)"),
+        (["validate", "--set", "validate.class_fraction=[0.1]"], "validate.class_fraction[1]: Field required"),
+        (["serve", "package", "--set", "serve.device=gpu"], "serve.device: Input should be 'auto' or 'cpu'"),
+        (["--set", "budget", "validate"], "--set 'budget': expected SECTION.KEY=VALUE"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
