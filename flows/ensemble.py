@@ -30,7 +30,6 @@ from naslung.params import Params, load_params, parse_set
 from naslung.tracking import MlflowTracker
 from naslung.validation import validate
 
-Overrides = dict[str, Any] | None
 validate_task = task(validate, name="validate-data", cache_policy=NO_CACHE)
 save_task = task(write_index, name="save-ensemble", cache_policy=NO_CACHE)
 evaluate_task = task(evaluate_ensemble, name="evaluate-ensemble", cache_policy=NO_CACHE)
@@ -50,7 +49,7 @@ def train_member_task(params: Params, spec: AnySpec, fold: int, data_hash: str) 
 
 
 @flow(name="train_ensemble", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def train_ensemble(params_path: str = "params.yaml", overrides: Overrides = None) -> str:
+def train_ensemble(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> str:
     params = load_params(params_path, overrides=overrides)
     plan = plan_members(params)
     print(f"{len(plan.specs)} members x folds {plan.folds}; data {plan.data['hash']} ({plan.data['origin']})")
@@ -61,7 +60,7 @@ def train_ensemble(params_path: str = "params.yaml", overrides: Overrides = None
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(params_path: str = "params.yaml", overrides: Overrides = None) -> dict[str, Any]:
+def evaluate(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     summary = evaluate_task(load_params(params_path, overrides=overrides))["summary"]
     print(json.dumps(summary, indent=1))
     return summary
@@ -69,7 +68,7 @@ def evaluate(params_path: str = "params.yaml", overrides: Overrides = None) -> d
 
 @flow(name="register_and_promote", log_prints=True)
 def register_and_promote(
-    params_path: str = "params.yaml", search_run_id: str | None = None, overrides: Overrides = None
+    params_path: str = "params.yaml", search_run_id: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     params = load_params(params_path, overrides=overrides)
     reg = register_task(params, search_id=search_run_id)
@@ -80,7 +79,9 @@ def register_and_promote(
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", rerun_search: bool | None = None, overrides: Overrides = None) -> dict:
+def retrain(
+    params_path: str = "params.yaml", rerun_search: bool | None = None, overrides: dict[str, Any] | None = None
+) -> dict:
     params = load_params(params_path, overrides=overrides)
     checked = validate_task(params)
     if not checked["success"]:
@@ -98,7 +99,10 @@ def retrain(params_path: str = "params.yaml", rerun_search: bool | None = None, 
 
 
 def serve(
-    params_path: str = "params.yaml", cron: str | None = None, name: str | None = None, overrides: Overrides = None
+    params_path: str = "params.yaml",
+    cron: str | None = None,
+    name: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """Serve the ``retrain`` deployment (cron ``registry.cron``, one run at a time) until interrupted."""
     require_api_server("retrain")
