@@ -75,8 +75,7 @@ def configure(uri: str | None, experiment: str | None = None, artifacts_root: st
     resolved = set_uri(uri)
     if experiment is None:
         return resolved
-    if mlflow.get_experiment_by_name(experiment) is None:
-        experiment_id(experiment, artifacts_root)
+    experiment_id(experiment, artifacts_root)
     mlflow.set_experiment(experiment)
     return resolved
 
@@ -217,16 +216,33 @@ def artifact_location(experiment: str, artifacts_root: str | Path | None = None)
     return root.as_uri()
 
 
+def find_experiment_id(name: str) -> str | None:
+    """Id of experiment ``name`` in the current store, None when it does not exist (nothing is created)."""
+    exp = MlflowClient().get_experiment_by_name(name)
+    return None if exp is None else str(exp.experiment_id)
+
+
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless the experiment says it holds model
+# training; every naslung experiment says so (the UI then shows runs, metrics and the model registry).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str, artifacts_root: str | Path | None = None) -> str:
-    """Id of experiment ``name``, created (artifacts at :func:`artifact_location`) when absent."""
+    """Id of experiment ``name``, created (artifacts at :func:`artifact_location`, tags
+    :data:`EXPERIMENT_TAGS`) when absent; an existing experiment without the tags gets them."""
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location(name, artifacts_root)))
-    except MlflowException:  # created concurrently
-        return str(client.get_experiment_by_name(name).experiment_id)  # type: ignore[union-attr]
+    if exp is None:
+        try:
+            location = artifact_location(name, artifacts_root)
+            return str(client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS))
+        except MlflowException:  # created concurrently
+            exp = client.get_experiment_by_name(name)
+    assert exp is not None
+    for key, value in EXPERIMENT_TAGS.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return str(exp.experiment_id)
 
 
 def _tag_filter(tags: Mapping[str, str]) -> str:

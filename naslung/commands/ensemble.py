@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -182,6 +183,25 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
+    base = f"http://127.0.0.1:{args.port}/#"
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop); model-training views:")
+    for line in _ui_urls(params, base):
+        print(f"  {line}")
+    sys.stdout.flush()
     # The server replaces this process, so Ctrl-C and SIGTERM reach it (and its workers) directly.
     os.execve(sys.executable, cmd, env)
+
+
+def _ui_urls(params: Any, base: str) -> list[str]:
+    """The UI pages to look at, as URLs: each naslung experiment in the model-training view
+    (``workflowType=machine_learning``) and the registered model."""
+    from naslung import tracking
+
+    tracking.set_uri(params.mlflow_uri)
+    lines = []
+    for name in (params.search.experiment, params.train.experiment, params.ensemble.experiment):
+        exp_id = tracking.find_experiment_id(name)
+        if exp_id is not None:
+            lines.append(f"experiment {name}: {base}/experiments/{exp_id}?workflowType=machine_learning")
+    lines.append(f"registered model {params.registry.name}: {base}/models/{params.registry.name}")
+    return lines

@@ -56,6 +56,8 @@ def _train_and_check(tmp: Path) -> None:
 
     client = mlflow.MlflowClient()
     run = client.get_run(out.run_id)
+    # MLflow 3's UI shows the experiment in its model-training views, not the GenAI traces view.
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.status == "FINISHED"
     p = run.data.params
     assert p["spec_id"] == spec.spec_id and p["fold"] == "1" and p["loss"] == "asoftmax" and p["cbam"] == "True"
@@ -201,16 +203,20 @@ def test_mlflow_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
     """`naslung mlflow-ui` becomes the MLflow server: SIGTERM to it leaves no server process behind."""
     import signal
 
+    import mlflow
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ui.db'}"}
+    exp_id = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).create_experiment("naslung-search")
     exe = Path(sys.executable).parent / "naslung"
+    out = open(tmp_path / "ui.out", "wb")  # noqa: SIM115 - the server writes to it until it stops
     proc = subprocess.Popen(
         [str(exe), "--params", str(REPO / "params.yaml"), "mlflow-ui", "--port", str(port)],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=out,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -226,6 +232,9 @@ def test_mlflow_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "MLflow UI did not answer /health"
             time.sleep(0.5)
+        printed = (tmp_path / "ui.out").read_text()
+        assert f"/#/experiments/{exp_id}?workflowType=machine_learning" in printed, printed
+        assert "/#/models/naslung-ensemble" in printed, printed
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 30
