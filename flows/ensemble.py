@@ -61,7 +61,7 @@ def train_ensemble(params_path: str = "params.yaml", overrides: dict[str, Any] |
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    summary = evaluate_task(load_params(params_path, overrides=overrides))["summary"]
+    summary = evaluate_task(load_params(params_path, overrides=overrides), tracker=MlflowTracker())["summary"]
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -12,6 +12,10 @@ per candidate, on the task runner of ``search.runner``:
   single-threaded processes.
 
 The DNAS strategy runs in the flow run itself. Tracking: :class:`naslung.tracking.MlflowTracker`.
+
+Threads: the flow sets ``torch.set_num_threads(train.num_threads)`` before anything else runs, so the first
+latency measured is timed with the same thread count as every later one (the strategies set it again
+before timing, and record it with each latency).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from prefect import flow, task
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -44,6 +49,7 @@ def train_candidate_task(job: CandidateJob, params: Params, artifacts: str, trac
 @flow(name="search", log_prints=True, validate_parameters=False)
 def search(params: Params, search_id: str, artifacts: str, out_dir: str, progress: bool = True) -> dict[str, Any]:
     """The search of ``params.search.strategy`` into ``out_dir``; returns its summary."""
+    torch.set_num_threads(max(1, int(params.train.num_threads)))  # before any latency is timed
     tracker = MlflowTracker()
     tracking_uri = tracker.configure(params.mlflow_uri)
     common: dict[str, Any] = {

@@ -5,7 +5,8 @@ from ``params.yaml`` (``tests/unit/test_params.py`` checks that the two agree). 
 
 * ``paths.artifacts`` (:class:`ArtifactsDir`): the patch store written by ``prepare`` (``patches.npy``
   (N, P, P, P) float32, ``manifest.csv``, ``rejects.csv``, ``prepare_metrics.json``), ``validation.json``
-  (``validate``), ``metrics.json`` and ``plots/`` (``evaluate``), ``registration.json`` (``register``);
+  (``validate``), ``metrics.json`` (the headline figures), ``metrics_detail.json`` (everything) and
+  ``plots/`` (``evaluate``), ``registration.json`` (``register``);
 * ``search.out_dir`` and ``dnas.out_dir`` (:class:`SearchDir`): ``front.json``, ``selected.json``,
   ``summary.json``, ``pareto.png``;
 * ``ensemble.out_dir`` (:class:`EnsembleDir`): ``training.json`` (index) and ``model/`` (the deployable
@@ -28,6 +29,7 @@ REJECTS_FILE = "rejects.csv"
 PREPARE_METRICS_FILE = "prepare_metrics.json"
 VALIDATION_FILE = "validation.json"
 METRICS_FILE = "metrics.json"
+METRICS_DETAIL_FILE = "metrics_detail.json"
 REGISTRATION_FILE = "registration.json"
 PLOTS_DIR = "plots"
 
@@ -76,8 +78,14 @@ class ArtifactsDir:
 
     @property
     def metrics(self) -> Path:
-        """``metrics.json``: the ensemble evaluation."""
+        """``metrics.json``: the ensemble evaluation's headline (<= 30 flat numbers, ``dvc metrics show/diff``)."""
         return self.root / METRICS_FILE
+
+    @property
+    def metrics_detail(self) -> Path:
+        """``metrics_detail.json``: the whole ensemble evaluation (per fold, per member, baselines, intervals,
+        paired tests, provenance); what the registry and the model card read."""
+        return self.root / METRICS_DETAIL_FILE
 
     @property
     def plots(self) -> Path:

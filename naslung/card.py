@@ -31,7 +31,8 @@ KNOWN_LIMITS = (
     "data; metrics on synthetic data say nothing about clinical performance.",
     "Labels are the mean of up to four LIDC readers' malignancy ratings (indeterminate nodules "
     "excluded), not pathology.",
-    "Small test folds: fold-to-fold spread is large; compare mean ± std, not single folds.",
+    "Small test folds: read the bootstrap 95 % intervals and the paired tests against the baselines, not the "
+    "point figures; a spread (sample std over folds) is shown only where several test folds measured one.",
 )
 
 
@@ -115,8 +116,16 @@ class Evaluation:
     ensemble_mean_std: dict[str, dict[str, float]]
     member_mean_std: dict[str, dict[str, dict[str, float]]]
     diameter_baseline: Any = None
+    """Legacy: the all-data diameter baseline of ``prepare`` (shown only when ``comparison`` is absent)."""
     selection_leak_folds: list[int] = field(default_factory=list)
     search_fold: int | None = None
+    comparison: dict[str, Any] | None = None
+    """``metrics_detail.json``'s ``comparison``: the ensemble and both baselines on the same test folds, pooled
+    and per fold, with bootstrap intervals and paired tests (:func:`naslung.baselines.compare_with_baselines`)."""
+    selection_provenance: dict[str, Any] = field(default_factory=dict)
+    """Where the member architectures came from (``SelectionProvenance.as_dict`` of the evaluation)."""
+    provenance_unknown_folds: list[int] = field(default_factory=list)
+    """Evaluated folds whose independence from the architecture choice is unknown."""
 
 
 def _spec_text(spec: Any) -> str:
@@ -140,6 +149,9 @@ class ModelCard:
     members: list[MemberFacts]
     evaluation: Evaluation
     known_limits: list[str]
+    calibration: dict[str, Any] | None = None
+    """Calibration of the ensemble probability (``calibration_report.json`` of :mod:`naslung.calibration`:
+    calibrator, figures on the validation rows it was fitted on and, reported only, on the deploy test fold)."""
 
     @classmethod
     def build(
@@ -159,12 +171,9 @@ class ModelCard:
         deploy = [m for m in index["members"] if m["fold"] == index["deploy_fold"]]
         ens = metrics["ensemble"]
         leak = [int(f) for f in metrics.get("selection_leak_folds") or []]
-        limits = list(KNOWN_LIMITS)
-        if leak:
-            limits.append(
-                f"Test folds {leak} were training/validation data of the architecture search (it held out fold "
-                f"{params.search.fold} only): their figures are optimistic."
-            )
+        unknown = [int(f) for f in metrics.get("provenance_unknown_folds") or []]
+        prov = dict(metrics.get("selection_provenance") or {})
+        limits = list(KNOWN_LIMITS) + _provenance_limits(prov, leak, unknown, params.search.fold)
         return cls(
             name=params.registry.name,
             intended_use=INTENDED_USE,
@@ -204,7 +213,10 @@ class ModelCard:
                 member_mean_std={n: m["mean_std"] for n, m in metrics["members"].items()},
                 diameter_baseline=metrics.get("diameter_baseline"),
                 selection_leak_folds=leak,
-                search_fold=int(params.search.fold),
+                search_fold=int(prov["search_fold"]) if prov.get("search_fold") is not None else None,
+                comparison=metrics.get("comparison"),
+                selection_provenance=prov,
+                provenance_unknown_folds=unknown,
             ),
             known_limits=limits,
         )
@@ -285,10 +297,9 @@ class ModelCard:
         return text[:4900]
 
     def to_markdown(self) -> str:
-        """The human-readable model card."""
-        from naslung.ensemble.evaluation import table_markdown
-
-        d, c, e, i = self.data, self.code, self.evaluation, self.input
+        """The human-readable model card (sections: input, data, architecture, metrics, baselines,
+        provenance, calibration, known limits, reproduce)."""
+        d, c, i = self.data, self.code, self.input
         lines = [
             f"# Model card: {self.name}",
             "",
@@ -313,13 +324,49 @@ class ModelCard:
         for m in self.members:
             lat = ", ".join(f"b{b}: {v:.2f}" for b, v in m.latency_ms_per_nodule.items())
             lines.append(f"| {m.name} | `{m.ref}` | {m.n_params} | {lat} |")
+        lines += self._metrics_lines()
+        lines += self._baseline_lines()
+        lines += self._provenance_lines()
+        if self.calibration:  # --- calibration section (naslung.calibration) ---
+            cal, figs = self.calibration.get("calibrator", {}), self.calibration.get("figures", {})
+            lines += [
+                "",
+                f"## Calibration: {cal.get('method')} (T = {float(cal.get('temperature', 1.0)):.3f}), refer when the "
+                f"member spread (std) > {cal.get('refer_spread')}",
+                "| rows | probability | n | Brier | ECE | slope | intercept |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for split, kinds in figs.items():
+                where = self.calibration.get("data", {}).get(split, {})
+                for kind, f in kinds.items():
+                    lines.append(
+                        f"| {split} folds {where.get('folds')} | {kind} | {int(f['n'])} | {f['brier']:.3f} | "
+                        f"{f['ece']:.3f} | {f['slope']:.2f} | {f['intercept']:.2f} |"
+                    )
+            lines.append("Fitted on the validation rows (in-sample there); the test-fold rows are reported only.")
+        lines += ["", "## Known limits", *(f"- {t}" for t in self.known_limits), "", "## Reproduce"]
+        lines.append(self.reproduce_text())
+        return "\n".join(lines) + "\n"
+
+    # --- markdown sections ----------------------------------------------------------------------------
+
+    def _metrics_lines(self) -> list[str]:
+        """Members and ensemble: mean ± sample std over the test folds (bare values for one fold), then the
+        ensemble per fold."""
+        from naslung.ensemble.evaluation import table_markdown
+
+        e = self.evaluation
         table = {
+            "folds": e.folds,
             "members": {n: {"mean_std": ms} for n, ms in e.member_mean_std.items()},
             "ensemble": {"mean_std": e.ensemble_mean_std},
         }
-        lines += [
+        spread = "mean ± sample std over the folds" if len(e.folds) > 1 else "one fold: no spread measured"
+        lines = [
             "",
             f"## Metrics (test folds {e.folds}, each member trained without its test fold)",
+            f"Per model: {spread}.",
+            "",
             table_markdown(table),
             "",
             "Ensemble per fold:",
@@ -329,11 +376,64 @@ class ModelCard:
         ]
         for f, fm in e.ensemble_per_fold.items():
             lines.append(f"| {f} | " + " | ".join(f"{fm[n]:.3f}" for n in METRIC_NAMES) + " |")
-        if e.diameter_baseline:
-            lines += ["", f"Diameter-only baseline: `{json.dumps(e.diameter_baseline, default=float)[:400]}`"]
-        lines += ["", "## Known limits", *(f"- {t}" for t in self.known_limits), "", "## Reproduce"]
-        lines.append(self.reproduce_text())
-        return "\n".join(lines) + "\n"
+        return lines
+
+    def _baseline_lines(self) -> list[str]:
+        """The ensemble beside the diameter-only and voxel-statistics baselines on the same test folds."""
+        from naslung.ensemble.evaluation import comparison_markdown, per_fold_markdown
+
+        e = self.evaluation
+        if not e.comparison:
+            if not e.diameter_baseline:
+                return []
+            return [
+                "",
+                "Diameter-only baseline on all prepared data (not the test folds; no same-fold baselines were "
+                f"evaluated): `{json.dumps(e.diameter_baseline, default=float)[:400]}`",
+            ]
+        comp = e.comparison
+        rep = comp["pooled"]
+        level = int(round(100 * float(comp.get("level", 0.95))))
+        lines = [
+            "",
+            f"## Baselines on the same test folds {e.folds}",
+            f"Pooled over the test folds (n={rep['n']}, {rep['n_malignant']} malignant); {level} % stratified "
+            f"bootstrap intervals ({comp.get('n_boot')} resamples); tests: exact McNemar on right/wrong decisions "
+            "(accuracy), paired bootstrap (AUC difference ensemble - baseline). Each baseline of test fold k is "
+            "fitted on the other folds only: `diameter` = best diameter threshold (decision) and a logistic "
+            "regression on the diameter (score); `voxel_stats` = logistic regression on 12 voxel statistics "
+            "around the nodule centre.",
+            "",
+            comparison_markdown(comp),
+        ]
+        if len(comp.get("per_fold", {})) > 1:
+            lines += ["", "Per test fold (accuracy / AUC, 95 % intervals; p: McNemar / paired bootstrap):", ""]
+            lines.append(per_fold_markdown(comp))
+        return lines
+
+    def _provenance_lines(self) -> list[str]:
+        """Where the member architectures came from, and the test folds that makes optimistic."""
+        e, p = self.evaluation, self.evaluation.selection_provenance
+        lines = ["", "## Provenance of the architectures"]
+        if p:
+            lines.append(f"- origin: {p.get('origin')} ({p.get('reason')})")
+            if p.get("search_id"):
+                lines.append(f"- search: {p['search_id']} (held out test fold {p.get('search_fold')})")
+        elif self.code.search_run_id:
+            lines.append(f"- chosen by search run {self.code.search_run_id}")
+        if e.selection_leak_folds:
+            lines.append(
+                f"- selection leak: test folds {e.selection_leak_folds} were training/validation data of the search "
+                "that chose the architectures: their figures are optimistic"
+            )
+        if e.provenance_unknown_folds:
+            lines.append(
+                f"- provenance unknown: test folds {e.provenance_unknown_folds} may have informed the choice of the "
+                "architectures (set ensemble.specs_origin)"
+            )
+        if not e.selection_leak_folds and not e.provenance_unknown_folds:
+            lines.append(f"- no evaluated test fold {e.folds} was seen by the choice of the architectures")
+        return lines
 
     # --- JSON ---------------------------------------------------------------------------------------
 
@@ -361,7 +461,25 @@ class ModelCard:
             members=[MemberFacts(**_known(MemberFacts, m)) for m in data["members"]],
             evaluation=Evaluation(**_known(Evaluation, data["evaluation"])),
             known_limits=list(data["known_limits"]),
+            calibration=data.get("calibration"),
         )
+
+
+def _provenance_limits(prov: Mapping[str, Any], leak: list[int], unknown: list[int], search_fold: int) -> list[str]:
+    """Known-limit sentences of the selection provenance (leak folds, folds of unknown provenance)."""
+    out = []
+    if leak:
+        held = prov.get("search_fold", search_fold)
+        out.append(
+            f"Test folds {leak} were training/validation data of the architecture search (it held out fold "
+            f"{held} only): their figures are optimistic."
+        )
+    if unknown:
+        out.append(
+            f"Test folds {unknown}: {prov.get('reason') or 'provenance of the explicit ensemble.specs unknown'}; "
+            "their figures may be optimistic."
+        )
+    return out
 
 
 def _known(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -88,8 +90,54 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [item for d in depths for item in getattr(args, _set_dest(d)) or []]
 
 
+_DEFAULT_KEY = re.compile(r"\(default: (?:params )?([a-z_]+(?:\.[a-z_0-9]+)+)\)")
+
+
+def show_param_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Help texts name their defaults as params keys (``(default: search.budget)``); add the value the
+    run would use (``(default: search.budget = 6)``) from the ``--params`` file in ``argv`` (else the
+    default file), or the schema's defaults when that file cannot be read."""
+    from naslung.params import Params, load_params, to_dict
+
+    path = os.environ.get("NASLUNG_PARAMS", "params.yaml")
+    for i, a in enumerate(argv):
+        if a == "--params" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith("--params="):
+            path = a.split("=", 1)[1]
+    try:
+        values = to_dict(load_params(path))
+    except (OSError, ValueError):
+        values = to_dict(Params())
+
+    def value_of(key: str) -> str | None:
+        node: object = values
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return json.dumps(node) if isinstance(node, (list, dict)) or node is None else str(node)
+
+    def fill(match: re.Match[str]) -> str:
+        v = value_of(match.group(1))
+        return match.group(0) if v is None else f"(default: {match.group(1)} = {v})"
+
+    def walk(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if action.help and action.help is not argparse.SUPPRESS:
+                action.help = _DEFAULT_KEY.sub(fill, action.help)
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    walk(child)
+
+    walk(parser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        show_param_values(parser, argv)
     args = parser.parse_args(argv)
     args.overrides = _overrides(args)
     try:

@@ -3,12 +3,16 @@
 One measurement times ``model(x)`` for a random input x of shape (batch, 1, 32, 32, 32) float32
 ``repeats`` times after ``warmup`` untimed calls, in eval mode under ``torch.inference_mode``; on CUDA each
 call is bracketed by ``torch.cuda.synchronize``. The reported figure is the median call time divided by
-the batch size (ms per nodule), together with the thread count (``torch.get_num_threads()``) and the spread
-of the timed calls (interquartile range / median). This is the latency the architecture search optimises.
+the batch size (ms per nodule), together with the thread count (``torch.get_num_threads()``; callers set
+it, e.g. to ``train.num_threads``, before timing), the spread of the timed calls (interquartile range /
+median) and the machine's 1-minute load average before and after timing (``os.getloadavg``; NaN where the
+platform has none). This is the latency the architecture search optimises.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -17,6 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+
+def load_average() -> float:
+    """The 1-minute load average of the machine (runnable processes), NaN where the platform has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return math.nan
 
 
 def _sync(device: str) -> None:
@@ -36,10 +48,11 @@ def measure_latency(
     """Time ``model(x)`` at ``batch_size`` on ``device``; returns ms per nodule and spread statistics.
 
     Keys: ms_per_nodule (median call / batch), ms_per_call_median, ms_per_call_q1, ms_per_call_q3,
-    iqr_over_median, batch_size, device, threads, warmup, repeats.
+    iqr_over_median, batch_size, device, threads, warmup, repeats, load_1min_before, load_1min_after.
     """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"measure_latency: bad batch_size={batch_size}, repeats={repeats}, warmup={warmup}")
+    load_before = load_average()
     was_training = model.training
     model.eval()
     try:
@@ -69,6 +82,8 @@ def measure_latency(
         "threads": int(torch.get_num_threads()),
         "warmup": int(warmup),
         "repeats": int(repeats),
+        "load_1min_before": load_before,
+        "load_1min_after": load_average(),
     }
 
 

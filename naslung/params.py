@@ -52,6 +52,15 @@ Runner = Literal["local", "dask"]
 LatencySource = Literal["measured", "flops"]
 ServeDevice = Literal["auto", "cpu"]
 MixedOps = Literal["all", "sampled"]
+Block = Literal["paper", "reference"]
+SearchObjective = Literal["auc", "balanced_accuracy"]
+SelectionFill = Literal["neighbours", "none"]
+Calibration = Literal["temperature", "isotonic", "none"]
+SpecsOrigin = Literal["unknown", "external", "search"]
+WireFormat = Literal["uint8", "float32"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A number in [0, 1] (a share, a probability)."""
 TrainDevice = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
 """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<index>`` (see :func:`naslung.train.loop.resolve_device`)."""
 Count = Annotated[int, Field(ge=1)]
@@ -143,14 +152,20 @@ class ModelParams:
     """Classifier head (for bare-list specs): linear | asoftmax."""
     margin_m: Count = 4
     """A-Softmax angular margin m (integer multiple of the angle)."""
+    block: Block = "paper"
+    """Residual-block variant: paper (the paper's equations: stride-2 first block per stage, identity or
+    1x1x1 projection shortcut, ReLU after the sum) | reference (the reference code's ``ConvRes``: a separate
+    3x3x3 stride-2 conv before each stage, always a 1x1x1 shortcut, no ReLU after the sum, softmax CBAM)."""
     lambda_base: float = 1000.0
-    """SphereFace lambda annealing: lambda = max(min, base * (1 + gamma * iteration) ** -power)."""
-    lambda_gamma: float = 0.12
-    """Annealing gamma (per training iteration)."""
+    """SphereFace lambda annealing over the planned run: lambda = max(min, base * (1 + gamma * step) ** -power),
+    gamma chosen so that lambda reaches ``lambda_min`` at ``lambda_floor_at`` of the planned optimiser steps."""
+    lambda_floor_at: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Fraction of the run's planned optimiser steps (epochs x steps per epoch) at which lambda reaches its
+    floor; the margin term's weight 1 / (1 + lambda) is then 1 / (1 + lambda_min) for the rest of the run."""
     lambda_power: float = 1.0
     """Annealing power."""
-    lambda_min: float = 5.0
-    """Floor of the annealed lambda."""
+    lambda_min: Annotated[float, Field(gt=0)] = 5.0
+    """Floor of the annealed lambda (margin weight 1 / (1 + 5) = 0.17 of the target logit)."""
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -181,6 +196,9 @@ class TrainParams:
     """Validation criterion of model selection / early stopping: auc | f1 | loss."""
     test_folds: tuple[int, ...] = (1, 2, 3, 4, 5)
     """Test folds of ``naslung cv``."""
+    val_folds: Count = 2
+    """Validation folds (patient-level, seeded) carved out of the non-test folds of a training run or
+    ensemble member: early stopping, checkpoint selection, calibration and the promotion gate use them."""
     num_threads: int = 2
     """torch intra-op threads."""
     device: TrainDevice = "auto"
@@ -212,7 +230,8 @@ class SearchParams:
     over MBConv nets (``dnas`` section, :mod:`naslung.search.dnas_run`). Both write the same outputs into
     ``out_dir``."""
     epochs: Count = 10
-    """Training epochs per candidate (early stopping: ``train.patience``)."""
+    """Fixed training epochs per candidate (no early stopping: the final weights are scored, so no epoch is
+    chosen on the nodules that score it)."""
     budget: Count = 6
     """Trained candidates at most (embedded default sized for 2 CPU cores)."""
     patience: int = 4
@@ -234,7 +253,19 @@ class SearchParams:
     k_select: Count = 9
     """Architectures selected from the front for the ensemble."""
     fold: int = 1
-    """Test fold held out (the search never sees it); the validation fold is carved out of the rest."""
+    """Test fold held out (the search never sees it); the validation folds are carved out of the rest."""
+    val_folds: Count = 3
+    """Validation folds (patient-level, seeded, pooled) on which candidates are scored: large enough that
+    the candidates' score intervals can separate them."""
+    objective: SearchObjective = "auc"
+    """Candidate score on the pooled validation folds: auc | balanced_accuracy (never plain accuracy, which
+    a constant prediction scores high on unbalanced folds)."""
+    latency_tolerance: Annotated[float, Field(ge=0)] = 0.1
+    """Relative latency tolerance of pruning: one candidate is faster than another only when its latency
+    is lower by more than this fraction (measured latencies spread by tens of % under load)."""
+    fill: SelectionFill = "neighbours"
+    """When the front and its layers hold fewer than ``k_select`` architectures: neighbours (fill with
+    one-step neighbours of the front members in the search space, nearest latency first) | none."""
     min_blocks: Count = 3
     """Fewest residual blocks in stages 3-5 together (paper: 3)."""
     max_blocks: Count = 9
@@ -280,6 +311,12 @@ class ServeParams:
     """TorchServe response timeout (s)."""
     device: ServeDevice = "auto"
     """auto (GPU when TorchServe assigns one) | cpu."""
+    wire: WireFormat = "uint8"
+    """Patch encoding the CSV scorer sends: uint8 (32 KiB per 32^3 patch, [0, 1] quantised to 1/255) | float32."""
+    precision: Precision = "auto"
+    """Ensemble forward precision: auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."""
+    buckets: tuple[int, ...] = (1, 8, 32, 128, 512, 1024)
+    """Fixed batch sizes the GPU forward is captured for (a batch is padded up to the next bucket)."""
     jvm_heap: str = "512m"
     """Java heap of the TorchServe frontend (``-Xmx`` value)."""
     score_cron: str = "*/15 * * * *"
@@ -312,6 +349,19 @@ class EnsembleParams:
     Paper: (1, 2, 3, 4, 5)."""
     deploy_fold: int = 1
     """The registered ensemble consists of the members trained for this test fold."""
+    calibration: Calibration = "temperature"
+    """Calibration of the ensemble's mean probability, fitted on the members' validation predictions and
+    stored with the registered ensemble: temperature (scaling of the logit) | isotonic | none."""
+    refer_spread: Fraction = 0.2
+    """Uncertainty threshold: a nodule is flagged ``refer`` when the standard deviation of its members'
+    malignancy probabilities exceeds this."""
+    specs_origin: SpecsOrigin = "unknown"
+    """Where explicit ``specs`` came from: unknown | external (chosen without this data, e.g. the paper's
+    models) | search (a search on this data that held out ``specs_search_fold``). Leak flags follow it."""
+    specs_search_fold: int | None = None
+    """With ``specs_origin: search``: the test fold that search held out."""
+    specs_search_id: str | None = None
+    """With ``specs_origin: search``: the search id (``summary.json``), for the record."""
     sizes: tuple[int, ...] = (1, 3, 5, 7, 9)
     """Ensemble-size curve: members per random subset."""
     size_repeats: Count = 20
@@ -328,8 +378,17 @@ class RegistryParams:
 
     name: str = "naslung-ensemble"
     """MLflow registered model name."""
-    f1_tolerance: Annotated[float, Field(ge=0)] = 0.02
-    """Gate: challenger mean F1 must be >= champion mean F1 - tolerance (same folds)."""
+    auc_tolerance: Annotated[float, Field(ge=0)] = 0.02
+    """Gate: challenger validation AUC must be >= champion validation AUC - tolerance (same validation data)."""
+    min_auc: Fraction = 0.75
+    """Gate floor: validation AUC of the challenger's ensemble probability."""
+    min_sensitivity: Fraction = 0.6
+    """Gate floor: validation sensitivity of the ensemble vote (refuses an all-benign model)."""
+    min_specificity: Fraction = 0.6
+    """Gate floor: validation specificity of the ensemble vote (refuses an all-malignant model)."""
+    baseline_margin: float = 0.0
+    """Gate: challenger validation AUC must be >= each baseline's (diameter-only, voxel statistics) AUC on
+    the same validation data + this margin, and its accuracy above the constant (majority-class) predictor."""
     require_validation: bool = True
     """Gate: ``artifacts/validation.json`` must report success."""
     cron: str = "0 3 * * 0"

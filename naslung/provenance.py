@@ -1,10 +1,14 @@
 """Where a registered ensemble comes from, read from the project's files (no MLflow, no DVC): the search
-run(s) that chose its members and the data-validation verdict about the data it was trained on."""
+run(s) that chose its members, the provenance of explicit ``ensemble.specs`` (``ensemble.specs_origin``,
+``specs_search_fold``, ``specs_search_id``) with the test folds it makes optimistic, and the data-validation
+verdict about the data it was trained on."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from naslung.artifact_paths import SUMMARY_FILE, VALIDATION_FILE
 from naslung.params import Params
@@ -29,6 +33,21 @@ def search_run_id(params: Params) -> str | None:
     if not ids:
         return None
     return ids[0] if len(ids) == 1 else json.dumps(ids)
+
+
+def selection_provenance(params: Params, folds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Where the member architectures came from and the leak flags of ``folds`` (default
+    ``ensemble.folds``): ``{"origin", "search_fold", "search_id", "leak_folds", "unknown_folds",
+    "flagged_folds", "reason"}`` (the rule is :func:`naslung.ensemble.evaluation.selection_provenance`):
+
+    * members from the search's selection (``ensemble.specs`` empty): every fold but ``search.fold``;
+    * ``specs_origin: search``: every fold but ``specs_search_fold`` (unset: all folds, provenance unknown);
+    * ``specs_origin: external``: none;
+    * ``specs_origin: unknown``: all evaluated folds, as ``unknown_folds`` ("provenance unknown").
+    """
+    from naslung.ensemble.evaluation import selection_provenance as rule
+
+    return rule(params, list(params.ensemble.folds) if folds is None else folds).as_dict()
 
 
 def validation_status(params: Params, data_md5: dict[str, str] | None = None) -> tuple[bool, str]:

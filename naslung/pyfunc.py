@@ -4,8 +4,10 @@
   JSON); ``predict`` returns the malignancy probability softmax(model(x))[:, 1] as float32 (n,).
   Logged by :func:`naslung.tracking.log_model` for every training run.
 * :class:`EnsemblePyfunc` — the ensemble (artifact ``ensemble``: the ensemble directory of
-  :mod:`naslung.ensemble.layout`); ``predict`` returns a DataFrame with ``probability`` (mean member
-  probability), ``label`` (majority vote), ``votes`` and one ``prob_<member>`` column per member.
+  :mod:`naslung.ensemble.layout`, ``calibration.json`` included); ``predict`` returns a DataFrame with
+  ``probability`` (calibrated mean member probability), ``raw_probability`` (the uncalibrated mean),
+  ``uncertainty`` (std of the member probabilities), ``refer`` (uncertainty above the stored
+  ``refer_spread``), ``label`` (majority vote), ``votes`` and one ``prob_<member>`` column per member.
   Registered by :func:`naslung.registry.register`.
 
 Both take float32 patches (n, 1, 32, 32, 32) or (n, 32, 32, 32) in [0, 1], axes (z, y, x), 1 mm voxels
@@ -100,6 +102,9 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
         out = pd.DataFrame(
             {
                 "probability": pred.prob.astype(np.float32),
+                "raw_probability": pred.raw_prob.astype(np.float32),
+                "uncertainty": pred.uncertainty.astype(np.float32),
+                "refer": pred.refer.astype(bool),
                 "label": pred.label.astype(np.int64),
                 "votes": pred.votes.astype(np.int64),
             }
@@ -110,8 +115,16 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
 
 
 def ensemble_signature(member_names: list[str]) -> ModelSignature:
-    """float32 tensor (-1, 1, 32, 32, 32) -> probability, label, votes, prob_<member> columns."""
-    cols = [ColSpec("float", "probability"), ColSpec("long", "label"), ColSpec("long", "votes")]
+    """float32 tensor (-1, 1, 32, 32, 32) -> probability (calibrated), raw_probability, uncertainty, refer,
+    label, votes, prob_<member> columns."""
+    cols = [
+        ColSpec("float", "probability"),
+        ColSpec("float", "raw_probability"),
+        ColSpec("float", "uncertainty"),
+        ColSpec("boolean", "refer"),
+        ColSpec("long", "label"),
+        ColSpec("long", "votes"),
+    ]
     cols += [ColSpec("float", f"prob_{n}") for n in member_names]
     return ModelSignature(inputs=_input_schema(), outputs=Schema(cols))
 

@@ -200,7 +200,8 @@ def score_csv(
 def server_client(params: Params) -> ServingClient:
     """Client of the TorchServe that ``naslung serve start`` runs for ``params``: inference URL, model
     name, the inference key from ``<artifacts>/serve/key_file.json``, ``serve.response_timeout_s`` and
-    one connection per request in flight (``serve.concurrency``)."""
+    one connection per request in flight (``serve.concurrency``), patches sent as ``serve.wire`` (uint8:
+    32 KiB per patch)."""
     from naslung.torchserve import model_name_of, read_inference_key, serve_dir
 
     s = params.serve
@@ -210,6 +211,7 @@ def server_client(params: Params) -> ServingClient:
         read_inference_key(serve_dir(params) / "key_file.json"),
         timeout_s=s.response_timeout_s,
         max_connections=max(1, int(s.concurrency)),
+        wire=s.wire,
     )
 
 

@@ -12,8 +12,21 @@ The array checks are :func:`naslung.data.patches.check_patches`'s. Anything else
 large, 422 well-formed but unusable) and a message meant for the caller. This module imports neither
 TorchServe nor MLflow.
 
-Response: a JSON list, one object per patch: ``probability`` (mean member P(malignant)), ``label``
-(majority vote, 1 malignant), ``votes``, ``member_probs``, ``model_name``, ``model_version``.
+Client side, :func:`quantise_uint8` turns [0, 1] float32 patches into the lean uint8 wire format
+(``serve.wire: uint8``; 32 KiB per 32^3 patch instead of 128 KiB; values rounded to multiples of 1/255).
+
+Response (``/predictions``), one of two encodings:
+
+- the per-patch list (default, old clients): a JSON list, one object per patch: ``probability``
+  (the ensemble's P(malignant): the mean member probability, or its calibrated value when the ensemble
+  is calibrated), ``label`` (majority vote, 1 malignant), ``votes``, ``member_probs``, ``model_name``,
+  ``model_version``, ``device`` (where the handler ran, e.g. ``cuda:0``), and the further prediction
+  fields when the ensemble gives them (``raw_probability``, ``uncertainty``, ``refer``);
+- columnar (when the request asks: header ``X-NASLung-Format: columnar``, :data:`COLUMNAR_HEADER`): ONE
+  JSON object ``{"format": "columnar", "n": N, "probability": [N], "label": [N], "votes": [N],
+  "member_probs": [N][k], ..., "model_name", "model_version", "device"}`` — the same per-patch values as
+  arrays, encoded without a Python object per patch. :func:`rows_from_answer` turns either into the
+  per-patch list.
 
 Explainability maps (only for requests that ask, e.g. TorchServe's ``POST /explanations/<model>``; a
 ``/predictions`` request never computes them): each patch object additionally carries
@@ -36,7 +49,7 @@ import base64
 import binascii
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -102,6 +115,31 @@ def decode_payload(
     return out[:, None]
 
 
+COLUMNAR_HEADER = "X-NASLung-Format"
+"""Request header asking for the columnar answer (value :data:`COLUMNAR`)."""
+COLUMNAR = "columnar"
+
+_FIELDS = (  # (response key, prediction attribute, cast) — optional ones only when the prediction has them
+    ("probability", "prob", float),
+    ("raw_probability", "raw_prob", float),
+    ("uncertainty", "uncertainty", float),
+    ("refer", "refer", bool),
+    ("label", "label", int),
+    ("votes", "votes", int),
+    ("member_probs", "member_probs", float),
+)
+_REQUIRED = ("probability", "label", "votes", "member_probs")
+
+
+def quantise_uint8(patches: np.ndarray) -> np.ndarray:
+    """[0, 1] float patches -> uint8 ``round(clip(p, 0, 1) * 255)`` (the server divides by 255; the
+    round trip is off by at most 1/510 per voxel). uint8 input is returned as it is."""
+    a = np.asarray(patches)
+    if a.dtype == np.uint8:
+        return a
+    return np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 class EnsembleLike(Protocol):
     """What scoring needs from ``naslung.ensemble.model.Ensemble``."""
 
@@ -116,36 +154,84 @@ class ModelId:
     version: str
 
 
-def score_batch(ensemble: EnsembleLike, X: np.ndarray, model: ModelId | None = None) -> list[dict[str, Any]]:
+def score_batch(
+    ensemble: EnsembleLike, X: np.ndarray, model: ModelId | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
     """Run every member on the whole batch X (n,1,32,32,32) or (n,32,32,32) float32 at once.
 
-    One dict per patch: ``probability`` (mean member malignancy probability), ``label`` (majority vote,
-    1 malignant), ``votes`` (# malignant member votes), ``member_probs`` (list, one per member),
-    ``model_name``, ``model_version``.
+    One dict per patch: ``probability``, ``label`` (majority vote, 1 malignant), ``votes`` (# malignant
+    member votes), ``member_probs`` (list, one per member), the optional prediction fields, ``model_name``,
+    ``model_version``, ``device`` (see the module docstring).
     """
-    return patch_results(ensemble.predict(X), model)
+    return patch_results(ensemble.predict(X), model, device)
 
 
-def patch_results(pred: Any, model: ModelId | None = None) -> list[dict[str, Any]]:
+def prediction_columns(pred: Any) -> dict[str, np.ndarray]:
+    """The answer's arrays of a prediction (``prob``, ``label``, ``votes``, ``member_probs`` and, when
+    present and not None, ``raw_prob``, ``uncertainty``, ``refer``), keyed by their response names."""
+    cols: dict[str, np.ndarray] = {}
+    for key, attr, cast_to in _FIELDS:
+        value = getattr(pred, attr, None)
+        if value is None:
+            if key in _REQUIRED:
+                raise AttributeError(f"prediction has no {attr!r}")
+            continue
+        dtype = {float: np.float64, int: np.int64, bool: np.bool_}[cast_to]
+        cols[key] = np.asarray(value).astype(dtype)
+    return cols
+
+
+def _meta(model: ModelId | None, device: str | None) -> dict[str, Any]:
+    return {
+        "model_name": model.name if model else None,
+        "model_version": model.version if model else None,
+        "device": device,
+    }
+
+
+def rows_of_columns(
+    cols: dict[str, np.ndarray], model: ModelId | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """The per-patch list of :func:`prediction_columns`' arrays (values as :func:`patch_results` gives)."""
+    lists = {k: v.tolist() for k, v in cols.items()}
+    meta = _meta(model, device)
+    n = len(lists["probability"])
+    return [{**{k: v[i] for k, v in lists.items()}, **meta} for i in range(n)]
+
+
+def columnar_answer(
+    cols: dict[str, np.ndarray], model: ModelId | None = None, device: str | None = None
+) -> dict[str, Any]:
+    """The columnar answer of :func:`prediction_columns`' arrays (see the module docstring)."""
+    out: dict[str, Any] = {"format": COLUMNAR, "n": len(cols["probability"])}
+    out.update({k: v.tolist() for k, v in cols.items()})
+    out.update(_meta(model, device))
+    return out
+
+
+def patch_results(pred: Any, model: ModelId | None = None, device: str | None = None) -> list[dict[str, Any]]:
     """Response objects from an :class:`~naslung.ensemble.model.EnsemblePrediction` (``prob``, ``label``,
-    ``votes``, ``member_probs``) plus the model id."""
-    prob = np.asarray(pred.prob, dtype=np.float64)
-    label = np.asarray(pred.label).astype(int)
-    votes = np.asarray(pred.votes).astype(int)
-    members = np.asarray(pred.member_probs, dtype=np.float64)
-    name = model.name if model else None
-    version = model.version if model else None
-    return [
-        {
-            "probability": float(prob[i]),
-            "label": int(label[i]),
-            "votes": int(votes[i]),
-            "member_probs": [float(v) for v in members[i]],
-            "model_name": name,
-            "model_version": version,
-        }
-        for i in range(len(prob))
-    ]
+    ``votes``, ``member_probs``, optional ``raw_prob`` / ``uncertainty`` / ``refer``) plus the model id
+    and the device."""
+    return rows_of_columns(prediction_columns(pred), model, device)
+
+
+def rows_from_answer(data: Any) -> list[dict[str, Any]]:
+    """Per-patch dicts of a decoded JSON answer in either encoding (a list, a single unwrapped object, or
+    the columnar object). Raises ValueError for a columnar object whose arrays disagree in length."""
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"answer is neither a list nor an object: {type(data).__name__}")
+    if data.get("format") != COLUMNAR:
+        return [data]
+    n = int(data.get("n", len(data.get("probability", []))))
+    arrays = {k: v for k, v in data.items() if isinstance(v, list)}
+    bad = {k: len(v) for k, v in arrays.items() if len(v) != n}
+    if bad or "probability" not in arrays:
+        raise ValueError(f"columnar answer for {n} patches has arrays of other lengths: {bad or 'no probability'}")
+    scalars = {k: v for k, v in data.items() if k not in arrays and k not in ("format", "n")}
+    return [{**{k: v[i] for k, v in arrays.items()}, **scalars} for i in range(n)]
 
 
 MAP_DTYPE = np.float16
@@ -189,17 +275,22 @@ def max_explain_patches(max_bytes: int, patch_size: int = PATCH_SIZE) -> int:
     return max(1, int(max_bytes) // (4 * patch_size**3))
 
 
-def explain_results(ensemble: Any, X: np.ndarray, model: ModelId | None = None) -> list[dict[str, Any]]:
+def explain_results(
+    ensemble: Any, X: np.ndarray, model: ModelId | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
     """Score X and explain it in one pass over the members: :func:`score_batch`'s objects plus ``cam``,
     ``attention`` and ``explain_target`` (the reported ``label``, i.e. the members' majority vote).
 
-    ``ensemble`` needs a ``members`` list of models with ``forward_maps`` (``naslung.ensemble.model.Ensemble``).
+    ``ensemble`` needs a ``members`` list of models with ``forward_maps`` (``naslung.ensemble.model.Ensemble``);
+    its ``prediction_from_member_probs`` (when it has one, e.g. with calibration) combines the member
+    probabilities, else ``EnsemblePrediction.from_member_probs``.
     """
     from naslung.ensemble.model import EnsemblePrediction
     from naslung.explain.maps import explain
 
     maps = explain(ensemble, X, target="vote")
-    results = patch_results(EnsemblePrediction.from_member_probs(maps.member_probs), model)
+    combine = getattr(ensemble, "prediction_from_member_probs", None) or EnsemblePrediction.from_member_probs
+    results = patch_results(combine(maps.member_probs), model, device)
     for i, r in enumerate(results):
         r["cam"] = encode_map(maps.cam[i])
         r["attention"] = encode_map(maps.attention[i]) if maps.attention is not None else None
@@ -213,12 +304,20 @@ def score_requests(
     max_bytes: int,
     model: ModelId | None = None,
     explain: Sequence[bool] | None = None,
+    columnar: Sequence[bool] | None = None,
+    predict: Callable[[np.ndarray], Any] | None = None,
+    device: str | None = None,
 ) -> list[tuple[int, Any]]:
     """Score several request bodies as ONE batch; return one ``(status, response)`` per body, in order.
 
     Bad bodies get ``(4xx, {"error": ..., "status": ...})`` and do not affect the others; the good ones
     are concatenated (plain and explanation requests separately) and sent through all members at once,
     then split back per request.
+
+    ``predict``: patches (n, 1, 32, 32, 32) -> prediction for the plain requests (default
+    ``ensemble.predict``; e.g. :meth:`naslung.ensemble.fused.FusedEnsemble.predict`). ``device``: named in
+    every answer. ``columnar``: one flag per body (default: none); a flagged plain request is answered with
+    the columnar object instead of the per-patch list (explanation requests always get the list).
 
     ``explain``: one flag per body (default: none). The patches of flagged requests go through
     :func:`naslung.explain.maps.explain` instead of the plain prediction (one pass over the members gives
@@ -229,8 +328,12 @@ def score_requests(
     requests get 500 and the others are still answered.
     """
     flags = [False] * len(bodies) if explain is None else [bool(f) for f in explain]
-    if len(flags) != len(bodies):
-        raise ValueError(f"score_requests: {len(flags)} explain flags for {len(bodies)} bodies")
+    wants_columns = [False] * len(bodies) if columnar is None else [bool(f) for f in columnar]
+    if len(flags) != len(bodies) or len(wants_columns) != len(bodies):
+        raise ValueError(
+            f"score_requests: {len(flags)} explain and {len(wants_columns)} columnar flags for {len(bodies)} bodies"
+        )
+    run = predict or ensemble.predict
     limit = max_explain_patches(max_bytes)
     decoded: list[np.ndarray | PayloadError] = []
     for body, flag in zip(bodies, flags):
@@ -253,20 +356,28 @@ def score_requests(
         if not idx:
             continue
         X = np.concatenate([decoded[i] for i in idx], axis=0)
-        if not explaining:
-            results = score_batch(ensemble, X, model)
-        else:
-            try:
-                results = explain_results(ensemble, X, model)
-            except Exception as exc:
-                logger.exception("explainability maps failed for %d request(s)", len(idx))
-                message = f"explainability maps failed: {type(exc).__name__}: {exc}"
-                for i in idx:
-                    out[i] = (500, {"error": message, "status": 500})
-                continue
         start = 0
+        if not explaining:
+            cols = prediction_columns(run(X))
+            for i in idx:
+                n = len(cast(np.ndarray, decoded[i]))  # idx holds only the decoded arrays
+                part = {k: v[start : start + n] for k, v in cols.items()}
+                answer = (
+                    columnar_answer(part, model, device) if wants_columns[i] else rows_of_columns(part, model, device)
+                )
+                out[i] = (200, answer)
+                start += n
+            continue
+        try:
+            results = explain_results(ensemble, X, model, device)
+        except Exception as exc:
+            logger.exception("explainability maps failed for %d request(s)", len(idx))
+            message = f"explainability maps failed: {type(exc).__name__}: {exc}"
+            for i in idx:
+                out[i] = (500, {"error": message, "status": 500})
+            continue
         for i in idx:
-            n = len(cast(np.ndarray, decoded[i]))  # idx holds only the decoded arrays
+            n = len(cast(np.ndarray, decoded[i]))
             out[i] = (200, results[start : start + n])
             start += n
     return out

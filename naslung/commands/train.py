@@ -123,9 +123,9 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any]:
 
         bare = args.spec.strip().startswith("[")
         base = (
-            ArchSpec.parse(args.spec, cbam=params.model.cbam, head=params.model.head)
+            ArchSpec.parse(args.spec, cbam=params.model.cbam, head=params.model.head, block=params.model.block)
             if bare
-            else ArchSpec.parse(args.spec)
+            else ArchSpec.parse(args.spec, block=params.model.block)
         )
         spec = resolve_spec(base, head=head, cbam=cbam)
     else:
@@ -160,7 +160,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     s = out.summary()
     print(
-        f"spec {spec.ref_string()} ({spec.spec_id}), test fold {args.fold}, val fold {out.split.val_fold}, "
+        f"spec {spec.ref_string()} ({spec.spec_id}), test fold {args.fold}, val folds {list(out.split.val_folds)}, "
         f"best epoch {s['best_epoch']}/{s['epochs_run']}"
     )
     print("test: " + ", ".join(f"{k}={v:.3f}" for k, v in s["test"].items()))
@@ -184,17 +184,10 @@ def _cv(args: argparse.Namespace) -> int:
     )
     print(f"spec {spec.ref_string()} ({spec.spec_id}) — test metrics per fold (threshold 0.5)")
     print(cv_table(summary))
-    base = summary["diameter_baseline_folds"]
-    per = " ".join(f"{base['per_fold'][int(r['fold'])]['accuracy']:.3f}" for r in summary["folds"])
-    acc = summary["test_mean_std"]["accuracy"]
     print(
-        f"diameter-only (threshold fitted on the non-test folds), accuracy per fold: {per}; "
-        f"mean {base['accuracy_mean']:.3f} ± {base['accuracy_std']:.3f}"
-    )
-    print(
-        f"accuracy {acc['mean']:.3f} ± {acc['std']:.3f} vs diameter-only {base['accuracy_mean']:.3f}: "
-        + ("above" if acc["mean"] > base["accuracy_mean"] else "not above")
-        + " the baseline on these folds"
+        "baselines of each test fold fitted on the other folds only (diameter: best threshold / logistic "
+        "regression on the diameter; voxel_stats: logistic regression on 12 voxel statistics); "
+        "p: exact McNemar (accuracy), paired bootstrap (AUC)"
     )
     return 0
 
@@ -215,12 +208,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         from naslung.data.store import PatchStore
         from naslung.metrics import binary_metrics
 
-        seen = {int(info["params"]["val_fold"])} | set(json.loads(info["params"].get("train_folds", "[]")))
-        if args.fold in seen:
+        p = info["params"]
+        val = set(json.loads(p["val_folds"])) if "val_folds" in p else {int(p["val_fold"])}
+        train = set(json.loads(p.get("train_folds", "[]")))
+        if args.fold in val | train:
             raise SystemExit(
                 f"evaluate-run: fold {args.fold} was training/validation data of run {args.run_id} "
-                f"(train folds {sorted(seen - {int(info['params']['val_fold'])})}, validation fold "
-                f"{info['params']['val_fold']}); scoring it would report fitted data as a result"
+                f"(train folds {sorted(train)}, validation folds {sorted(val)}); scoring it would report "
+                "fitted data as a result"
             )
         store = PatchStore.open(Path(args.artifacts or params.paths.artifacts))
         X, y, _ = store.arrays([args.fold])

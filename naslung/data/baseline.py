@@ -69,7 +69,8 @@ def diameter_baseline_folds(manifest: pd.DataFrame, test_folds: Sequence[int]) -
 
     Returns:
         ``{"per_fold": {fold: {"accuracy", "threshold_mm", "n"}}, "accuracy_mean": float,
-        "accuracy_std": float (sample std)}``.
+        "accuracy_std": float (sample std; nan for one fold: no spread measured)}``. The same rule with
+        intervals, a score for AUC and the voxel-statistics baseline is :mod:`naslung.baselines`.
     """
     per_fold: dict[int, dict] = {}
     for fold in test_folds:
@@ -85,5 +86,5 @@ def diameter_baseline_folds(manifest: pd.DataFrame, test_folds: Sequence[int]) -
     return {
         "per_fold": per_fold,
         "accuracy_mean": float(accs.mean()),
-        "accuracy_std": float(accs.std(ddof=1)) if accs.size > 1 else 0.0,
+        "accuracy_std": float(accs.std(ddof=1)) if accs.size > 1 else float("nan"),
     }

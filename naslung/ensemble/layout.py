@@ -4,11 +4,13 @@ Three layouts, each written and read only through this module:
 
 1. **member folder** (the training cache, :mod:`naslung.ensemble.training`):
    ``<ensemble.out_dir>/members/<spec_id>-fold<k>-<key>/`` with ``weights.pt`` (CPU state dict) and
-   ``member.json`` (record, fold split, test-fold predictions; written last, so its presence marks the
-   member as finished).
+   ``member.json`` (record, fold split, validation- and test-fold predictions; written last, so its
+   presence marks the member as finished).
 2. **ensemble directory** (:meth:`naslung.ensemble.model.Ensemble.save` / ``load``): ``members.json``
    (``margin_m`` and per member its name, spec — a DNAS spec carries ``"kind": "dnas"`` —, spec id,
-   reference string and weights file) and one ``member_<i>.pt`` CPU state dict per member. The same
+   reference string and weights file), one ``member_<i>.pt`` CPU state dict per member and
+   ``calibration.json`` (the :class:`naslung.calibration.Calibrator` of the ensemble's mean probability and
+   the ``refer`` threshold; an older directory without it reads as uncalibrated). The same
    directory is the deployable ``<ensemble.out_dir>/model``, the registered pyfunc model's artifact
    :data:`ENSEMBLE_DIR` (``artifacts/ensemble/`` of a downloaded MLflow model) and ``ensemble/`` inside
    the TorchServe ``.mar``.
@@ -43,6 +45,8 @@ MEMBERS_SUBDIR = "members"
 MEMBER_FILE = "member.json"
 WEIGHTS_FILE = "weights.pt"
 MEMBERS_FILE = "members.json"
+CALIBRATION_FILE = "calibration.json"
+"""Calibrator of an ensemble directory (:meth:`naslung.calibration.Calibrator.to_dict`)."""
 ENSEMBLE_DIR = "ensemble"
 """Name of the ensemble directory inside a registered model (its pyfunc artifact) and inside a .mar."""
 MODEL_INFO_FILE = "model_info.json"
@@ -139,6 +143,23 @@ def load_ensemble_dir(directory: str | Path) -> tuple[int, list[tuple[str, AnySp
             raise ValueError(f"Ensemble.load: {meta_path} member {i} is malformed: {exc}") from exc
         members.append((name, spec, load_state(weights)))
     return int(meta.get("margin_m", 4)), members
+
+
+def write_calibration(directory: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``calibration.json`` (the calibrator as a dict) into an ensemble directory."""
+    path = Path(directory) / CALIBRATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(dict(payload), indent=1, default=float) + "\n")
+    return path
+
+
+def read_calibration(directory: str | Path) -> dict[str, Any] | None:
+    """The ``calibration.json`` payload of an ensemble directory, or None when it has none."""
+    path = Path(directory) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    payload: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return payload
 
 
 # --- 3. serving package ------------------------------------------------------------------------------

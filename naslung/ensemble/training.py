@@ -6,8 +6,10 @@ and checkpoint selection, test fold ``k`` evaluated exactly once). Each finished
 content-addressed cache folder ``<ensemble.out_dir>/members/<spec_id>-fold<k>-<key>/``:
 
 * ``weights.pt`` — CPU state dict (``torch.load(..., weights_only=True)``);
-* ``member.json`` — spec, fold split, MLflow run id, validation and test metrics, and the test-fold
-  predictions (nodule ids, labels, malignancy probabilities) used by the ensemble evaluation.
+* ``member.json`` — spec, fold split, MLflow run id, validation and test metrics, the validation-fold
+  predictions (nodule ids, labels, malignancy probabilities of the best checkpoint on the pooled
+  validation folds: calibration and the promotion gate use them) and the test-fold predictions (used,
+  reported only, by the ensemble evaluation).
 
 ``key`` hashes (spec id, spec, fold, data version, params hash), so a re-run (e.g. after a crash) skips
 every member already finished and a change of data or params retrains. Members may be NASLung nets
@@ -15,7 +17,11 @@ every member already finished and a change of data or params retrains. Members m
 (:class:`~naslung.models.mbconv.DnasArch`, ids ``d-...``) mixed in one ensemble (see
 :mod:`naslung.models.factory`). The members of
 ``ensemble.deploy_fold`` form the deployable :class:`~naslung.ensemble.model.Ensemble` saved to
-``<out_dir>/model``; ``<out_dir>/training.json`` indexes everything for the evaluate / register steps.
+``<out_dir>/model``, with its :class:`~naslung.calibration.Calibrator` (``ensemble.calibration``) fitted on
+those members' shared validation predictions (:func:`validation_predictions`) and its report (reliability
+data and plot, Brier, slope/intercept, ECE on the validation rows and, reported only, on the deploy test
+fold) in ``<out_dir>/calibration/``; ``<out_dir>/training.json`` indexes everything for the evaluate /
+register steps.
 File layouts: :mod:`naslung.ensemble.layout`.
 
 The member loop has three parts that both runners share — :func:`plan_members` (which (fold, spec)
@@ -36,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from naslung import calibration
 from naslung.ensemble import layout
 from naslung.ensemble.layout import INDEX_FILE, MEMBER_FILE, MODEL_DIR, WEIGHTS_FILE
 from naslung.lineage import data_identity
@@ -49,7 +56,7 @@ from naslung.tracker import NULL_TRACKER, Tracker
 def _spec_from_entry(entry: Any, params: Params, where: str) -> AnySpec:
     e = params.ensemble
     try:
-        return parse_member_spec(entry, cbam=e.cbam, head=e.head)
+        return parse_member_spec(entry, cbam=e.cbam, head=e.head, block=params.model.block)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: cannot read an architecture spec from {entry!r}: {exc}") from exc
 
@@ -153,16 +160,37 @@ class MemberRecord:
         """The member's spec: ``ArchSpec`` or (for ``"kind": "dnas"``) ``DnasArch``."""
         return spec_from_dict(self.spec)
 
+    def _payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = json.loads((Path(self.dir) / MEMBER_FILE).read_text(encoding="utf-8"))
+        return payload
+
     def predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Test-fold (ids (n,) str, y (n,) int64, prob (n,) float64) of this member."""
-        pred = json.loads((Path(self.dir) / MEMBER_FILE).read_text(encoding="utf-8"))["test_predictions"]
-        return np.asarray(pred["ids"], dtype=str), np.asarray(pred["y"], np.int64), np.asarray(pred["prob"], np.float64)
+        return _arrays(self._payload()["test_predictions"])
+
+    def val_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validation-fold (ids (n,) str, y (n,) int64, prob (n,) float64) of this member (best checkpoint,
+        pooled validation folds of its split, rows in ``PatchStore.arrays(val_folds)`` order)."""
+        pred = self._payload().get("val_predictions")
+        if pred is None:
+            raise ValueError(f"{self.dir}: member has no validation predictions (trained before they were stored)")
+        return _arrays(pred)
+
+    def split(self) -> dict[str, Any]:
+        """The member's fold split ``{"train_folds", "val_folds", "test_fold"}``."""
+        split: dict[str, Any] = self._payload()["split"]
+        return split
+
+
+def _arrays(pred: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.asarray(pred["ids"], dtype=str), np.asarray(pred["y"], np.int64), np.asarray(pred["prob"], np.float64)
 
 
 def load_cached(member_dir: Path) -> MemberRecord | None:
-    """The record of a finished member folder, or None when it is absent or incomplete."""
+    """The record of a finished member folder, or None when it is absent or incomplete (a member written
+    before validation predictions were stored counts as incomplete and is trained again)."""
     data = layout.read_member(member_dir)
-    if data is None:
+    if data is None or "val_predictions" not in data:
         return None
     rec = MemberRecord(**data["record"])
     rec.dir, rec.cached = str(member_dir), True
@@ -189,8 +217,10 @@ def train_member(
     cached = load_cached(mdir)
     if cached is not None:
         return cached
+    from naslung.data.store import PatchStore
     from naslung.train.run import run_training
 
+    store = store if store is not None else PatchStore.open(params.paths.artifacts)
     out = run_training(
         params,
         spec,
@@ -220,19 +250,39 @@ def train_member(
         ),
         out.fit.model,
         asdict(out.split),
-        out.test.ids,
-        out.test.y,
-        out.test.prob,
+        (out.test.ids, out.test.y, out.test.prob),
+        _val_predictions(store, out.split, out.fit.model, out.fit.device),
     )
 
 
+def _val_predictions(store: Any, split: Any, model: torch.nn.Module, device: str) -> tuple[Any, Any, Any]:
+    """(ids, y, prob) of ``model`` (the restored best checkpoint) on the pooled validation folds of ``split``."""
+    from naslung.train.loop import predict_proba
+    from naslung.train.protocol import dev_data
+
+    dev = dev_data(store, split)
+    X, y = dev.val
+    return dev.val_ids, y, predict_proba(model, X, device)
+
+
+def _pred_json(pred: tuple[Any, Any, Any]) -> dict[str, list[Any]]:
+    ids, y, prob = pred
+    return {"ids": [str(i) for i in ids], "y": [int(v) for v in y], "prob": [float(v) for v in prob]}
+
+
 def _write_member(
-    mdir: Path, rec: MemberRecord, model: torch.nn.Module, split: dict[str, Any], ids: Any, y: Any, prob: Any
+    mdir: Path,
+    rec: MemberRecord,
+    model: torch.nn.Module,
+    split: dict[str, Any],
+    test: tuple[Any, Any, Any],
+    val: tuple[Any, Any, Any],
 ) -> MemberRecord:
     payload = {
         "record": asdict(rec),
         "split": split,
-        "test_predictions": {"ids": [str(i) for i in ids], "y": [int(v) for v in y], "prob": [float(v) for v in prob]},
+        "val_predictions": _pred_json(val),
+        "test_predictions": _pred_json(test),
     }
     layout.write_member(mdir, model, payload)
     return rec
@@ -250,8 +300,9 @@ def score_member(
 ) -> MemberRecord:
     """Add an already-built ``model`` (not trained here) as the member of ``spec`` for test fold ``fold``.
 
-    The model is scored once on the held-out test fold (honest protocol) and cached like a trained member;
-    used for externally trained or fixed models. Replaces a cached member with the same key.
+    The model is scored once on the held-out test fold (honest protocol) and on the split's validation folds,
+    and cached like a trained member; used for externally trained or fixed models. Replaces a cached member
+    with the same key.
     """
     from naslung.data.store import PatchStore
     from naslung.models.complexity import count_params
@@ -259,7 +310,7 @@ def score_member(
     from naslung.train.protocol import held_out_test, make_split
 
     store = store if store is not None else PatchStore.open(params.paths.artifacts)
-    split = make_split(params.prepare.n_folds, fold, params.seed)
+    split = make_split(params.prepare.n_folds, fold, params.seed, params.train.val_folds)
     test = held_out_test(store, split)
     model = model.cpu().eval()
     result = test.evaluate(lambda X: predict_proba(model, X, "cpu"))
@@ -279,7 +330,8 @@ def score_member(
         n_params=int(count_params(model)),
         flops=int(spec_flops(spec)),
     )
-    return _write_member(mdir, rec, model, asdict(split), result.ids, result.y, result.prob)
+    val = _val_predictions(store, split, model, "cpu")
+    return _write_member(mdir, rec, model, asdict(split), (result.ids, result.y, result.prob), val)
 
 
 def build_ensemble(records: Sequence[MemberRecord], margin_m: int, device: str = "cpu") -> Any:
@@ -294,6 +346,98 @@ def build_ensemble(records: Sequence[MemberRecord], margin_m: int, device: str =
         m.load_state_dict(layout.load_state(Path(r.dir) / WEIGHTS_FILE))
         members.append(m)
     return Ensemble(members, [r.arch() for r in records], [r.name for r in records], margin_m=margin_m, device=device)
+
+
+def rows_identity(ids: Sequence[Any] | np.ndarray, y: Sequence[Any] | np.ndarray) -> str:
+    """Identity of a set of labelled rows: sha256 (16 hex) of the sorted ``id:label`` lines. Two model
+    versions were evaluated on the same data exactly when these agree."""
+    lines = sorted(f"{i}:{int(v)}" for i, v in zip((str(i) for i in ids), y))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EnsembleRows:
+    """Member predictions of one ensemble on shared rows: ``ids (n,)``, ``y (n,)``, ``member_probs (n, k)``
+    (columns in member order), the folds the rows come from and the split's training folds."""
+
+    ids: np.ndarray
+    y: np.ndarray
+    member_probs: np.ndarray
+    folds: tuple[int, ...]
+    train_folds: tuple[int, ...]
+    test_fold: int
+
+    @property
+    def raw_prob(self) -> np.ndarray:
+        """(n,) mean member probability."""
+        return np.asarray(self.member_probs.mean(axis=1), dtype=np.float64)
+
+    @property
+    def hash(self) -> str:
+        return rows_identity(self.ids, self.y)
+
+    def data(self) -> dict[str, Any]:
+        """``{"folds", "n", "n_malignant", "hash"}``: where figures computed on these rows come from."""
+        return {"folds": list(self.folds), "n": int(self.y.size), "n_malignant": int(self.y.sum()), "hash": self.hash}
+
+
+def _shared_rows(records: Sequence[MemberRecord], which: str) -> EnsembleRows:
+    if not records:
+        raise ValueError("ensemble rows: no members")
+    splits = [r.split() for r in records]
+    key = "val_folds" if which == "validation" else "test_fold"
+    if len({json.dumps(sp[key]) for sp in splits}) != 1:
+        raise ValueError(f"ensemble rows: the members do not share their {which} folds ({[sp[key] for sp in splits]})")
+    first = records[0].val_predictions() if which == "validation" else records[0].predictions()
+    ids, y = first[0], first[1]
+    order = {v: i for i, v in enumerate(ids)}
+    cols = []
+    for r in records:
+        rid, _ry, rp = r.val_predictions() if which == "validation" else r.predictions()
+        if set(rid) != set(order) or len(rid) != len(ids):
+            raise ValueError(f"ensemble rows: member {r.name} was scored on other {which} rows than {records[0].name}")
+        col = np.empty(len(ids), np.float64)
+        col[[order[v] for v in rid]] = rp
+        cols.append(col)
+    sp = splits[0]
+    folds = tuple(int(f) for f in sp["val_folds"]) if which == "validation" else (int(sp["test_fold"]),)
+    return EnsembleRows(
+        ids, y, np.stack(cols, axis=1), folds, tuple(int(f) for f in sp["train_folds"]), int(sp["test_fold"])
+    )
+
+
+def validation_predictions(records: Sequence[MemberRecord]) -> EnsembleRows:
+    """The members' predictions on their shared validation rows (all members of one test fold share the
+    split, so the same pooled validation folds); rows in the first member's order."""
+    return _shared_rows(records, "validation")
+
+
+def heldout_predictions(records: Sequence[MemberRecord]) -> EnsembleRows:
+    """The members' predictions on their shared test fold (for reporting only)."""
+    return _shared_rows(records, "test")
+
+
+def fit_ensemble_calibrator(params: Params, records: Sequence[MemberRecord]) -> calibration.Calibrator:
+    """``ensemble.calibration`` fitted on the members' shared validation predictions (raw mean probability),
+    with ``ensemble.refer_spread``."""
+    val = validation_predictions(records)
+    fit = calibration.FitData(val.folds, int(val.y.size), int(val.y.sum()), val.hash)
+    return calibration.fit_calibrator(
+        val.y, val.raw_prob, params.ensemble.calibration, refer_spread=params.ensemble.refer_spread, fitted_on=fit
+    )
+
+
+def ensemble_calibration_report(
+    calibrator: calibration.Calibrator, records: Sequence[MemberRecord]
+) -> calibration.CalibrationReport:
+    """Figures of ``calibrator`` on the members' validation rows (where it was fitted) and, reported only, on
+    their test fold."""
+    val, test = validation_predictions(records), heldout_predictions(records)
+    return calibration.calibration_report(
+        calibrator,
+        {"validation": (val.y, val.raw_prob), "test": (test.y, test.raw_prob)},
+        {"validation": val.data(), "test": test.data()},
+    )
 
 
 @dataclass(frozen=True)
@@ -350,13 +494,20 @@ def train_ensemble(
 def write_index(
     params: Params, specs: Sequence[AnySpec], records: Sequence[MemberRecord], data: dict[str, Any]
 ) -> dict[str, Any]:
-    """Save the ``deploy_fold`` ensemble to ``<out_dir>/model`` and write ``<out_dir>/training.json``."""
+    """Save the ``deploy_fold`` ensemble (with its calibrator, fitted on those members' validation
+    predictions) to ``<out_dir>/model``, its calibration report to ``<out_dir>/calibration/`` and write
+    ``<out_dir>/training.json``."""
     e = params.ensemble
     out = Path(e.out_dir)
     deploy = [r for r in records if r.fold == e.deploy_fold]
     if not deploy:
         raise ValueError(f"train_ensemble: no member was trained for ensemble.deploy_fold={e.deploy_fold}")
-    build_ensemble(deploy, params.model.margin_m).save(out / MODEL_DIR)
+    calibrator = fit_ensemble_calibrator(params, deploy)
+    build_ensemble(deploy, params.model.margin_m).with_calibrator(calibrator).save(out / MODEL_DIR)
+    report = ensemble_calibration_report(calibrator, deploy)
+    report_files = calibration.write_report(
+        report, out / calibration.REPORT_DIR, f"Reliability, deploy fold {e.deploy_fold} ({calibrator.method})"
+    )
     index = {
         "specs": [s.to_dict() for s in specs],
         "spec_refs": [s.ref_string() for s in specs],
@@ -366,6 +517,12 @@ def write_index(
         "params_hash": params.section_hash(),
         "member_params_hash": member_params_hash(params),
         "model_dir": str(out / MODEL_DIR),
+        "calibration": {
+            "calibrator": calibrator.to_dict(),
+            "figures": report.figures,
+            "data": report.data,
+            "files": {k: str(v) for k, v in report_files.items()},
+        },
         "members": [asdict(r) for r in records],
     }
     out.mkdir(parents=True, exist_ok=True)

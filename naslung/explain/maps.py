@@ -9,17 +9,31 @@ Inputs are patches ``X (N, 1, 32, 32, 32)`` or ``(N, 32, 32, 32)`` float32 in [0
   (the head only uses ``W_k / ||W_k||``). The 4^3 map is upsampled trilinearly (``align_corners=False``) to
   the input size. Units: logits; the mean of the 4^3 map is the class logit without bias (linear head)
   or exactly ``||x|| cos θ_k`` (A-Softmax head).
-* Attention: the spatial weights (0, 1) of the CBAM after stage 2 (already 32^3, receptive field 5^3).
+* Attention: the spatial weights (0, 1) of the CBAM after stage 2 (already 32^3; receptive field 7^3: the
+  3^3 convs of stages 1 and 2 and the CBAM's 3^3 spatial conv). All three convs pad with zeros, so the
+  attention of a voxel closer than :func:`attention_rim` voxels (3 for NASLungNet) to a face depends on
+  the padding, not on the image. Measured on 24 real LIDC patches with two small CBAM nets trained on the
+  toy sphere set (:func:`~naslung.explain.sanity.sphere_patches`): the attention of the same voxels seen
+  with and without their true neighbours (a 24^3 crop against the full patch) differs by up to 0.41-0.56
+  (mean 0.03-0.06) in the outer 3 layers, against an interior spread of sd 0.02-0.05, and by < 0.001 from
+  3 voxels in. That rim is the border
+  artefact of the panels. The model computes it (its features are multiplied by it), so the maps are left
+  as they are; the panels grey it out and scale the colours on the interior, and the attention's map-mass
+  figures are taken on the interior (:mod:`naslung.explain.panel`).
 
 Models: anything with ``forward_maps(x) -> dict`` (``logits``, ``feature_maps``, ``spatial_attention``)
 and a ``head`` (``nn.Linear`` or ``AngleLinear``): ``NASLungNet`` and DNAS-derived ``DnasNet``. An
 ensemble is a list of such models or an object with a ``members`` list; its maps are the mean over
 members of the member maps, all for the same class (the ensemble's prediction, mean probability >= 0.5,
 unless a class is given).
+
+Control: :func:`reinitialised` gives the same architectures with fresh, seeded weights (an untrained
+ensemble), whose maps show what the architecture alone produces.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -166,3 +180,51 @@ def attention_maps(models: Any, X: np.ndarray | torch.Tensor) -> np.ndarray:
     if att is None:
         raise ValueError("attention_maps: the model (or an ensemble member) has no CBAM attention")
     return att
+
+
+def reinitialised(models: Any, seed: int) -> list[nn.Module]:
+    """Untrained copies of the members of ``models`` (a model, a list or an object with ``members``): the
+    same architectures, every submodule's ``reset_parameters()`` called (PyTorch's default initialisation
+    of convolutions, linear and A-Softmax heads; BatchNorm back to weight 1, bias 0 and running statistics
+    0 / 1), member ``i`` under ``torch.manual_seed(seed + i)``, in eval mode on the member's device. The
+    originals and the global torch RNG state are left untouched. TypeError when a module holds parameters
+    it cannot reset (a trained weight would survive)."""
+    out = []
+    for i, member in enumerate(_members(models)):
+        twin = copy.deepcopy(member)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) + i)
+            for mod in twin.modules():
+                reset = getattr(mod, "reset_parameters", None)
+                has_own = any(True for _ in mod.parameters(recurse=False))
+                if callable(reset):
+                    reset()
+                elif has_own:
+                    raise TypeError(
+                        f"reinitialised: {type(mod).__name__} holds parameters but has no reset_parameters()"
+                    )
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.reset_running_stats()
+        out.append(twin.eval())
+    return out
+
+
+def attention_rim(models: Any) -> int:
+    """Voxel layers at each face whose stage-2 attention sees the zero padding: the sum of the paddings of
+    the zero-padded ``Conv3d`` in ``stage1``, ``stage2`` and ``cbam2`` (all stride 1, so their reaches add;
+    3 for NASLungNet's 3^3 convs), the largest over members; 0 for members without ``cbam2``."""
+    rim = 0
+    for member in _members(models):
+        if not hasattr(member, "cbam2"):
+            continue
+        reach = 0
+        for name in ("stage1", "stage2", "cbam2"):
+            for mod in getattr(member, name).modules():
+                if isinstance(mod, nn.Conv3d) and mod.padding_mode == "zeros":
+                    if isinstance(mod.padding, str):  # "same" pads half the dilated kernel, "valid" nothing
+                        same = mod.padding == "same"
+                        reach += max(d * (k - 1) // 2 for k, d in zip(mod.kernel_size, mod.dilation)) if same else 0
+                    else:
+                        reach += int(max(mod.padding))
+        rim = max(rim, reach)
+    return rim

@@ -7,9 +7,20 @@ For a map ``m (S, S, S)`` and a nodule mask ``M`` (bool, same grid, numpy order 
 * ``share = mean(M)``: the nodule's fraction of the patch volume (what a uniform map would give);
 * ``ratio = mass / share``: 1 means "no better than uniform", larger means the map concentrates on the nodule.
 
+A ``support`` (bool, same grid) restricts all three to part of the patch: min and max are taken over the
+support, ``mass = sum(h · M · support) / sum(h · support)`` and ``share = sum(M · support) / sum(support)``.
+The attention figures use the padding-free interior (:func:`interior_mask`), see :mod:`naslung.explain.maps`.
+
 Nodule masks come from the known geometry: :func:`sphere_mask` with the nodule diameter in mm (manifest
 ``diameter_mm``; patches are 1 mm isotropic and centred on the nodule). :func:`sphere_patches` makes a toy
 labelled set where a bright sphere decides the label, with masks, for the sanity test.
+
+Controls. Patches are centred on their nodule by construction, so a map that merely peaks at the patch
+centre scores well without looking at anything: :func:`centred_reference` is that map (an isotropic Gaussian
+centred on the patch centre ``(S - 1) / 2`` with a fixed ``sigma_mm``, :data:`REFERENCE_SIGMA_MM` = 4 mm by
+default, the same map for every nodule: it uses no image and no diameter). Its ratio is what "looks at the
+centre" alone earns; the ratio of an untrained (re-initialised) model is what the architecture alone earns
+(:func:`naslung.explain.maps.reinitialised`). A trained model's ratio means something only against both.
 """
 
 from __future__ import annotations
@@ -36,11 +47,41 @@ def sphere_mask(
     return mask
 
 
-def mass_inside(heat: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of the min-max normalised map's mass inside ``mask`` (nan for a constant map)."""
+REFERENCE_SIGMA_MM = 4.0
+"""Default standard deviation (mm) of the centred reference map :func:`centred_reference`."""
+
+
+def interior_mask(size: int = 32, rim_vox: int = 0) -> np.ndarray:
+    """Bool ``(size,)*3``: True farther than ``rim_vox - 1`` voxels from every face (the outer ``rim_vox``
+    voxel layers are False; ``rim_vox = 0`` is the whole patch)."""
+    if not 0 <= rim_vox < size // 2:
+        raise ValueError(f"interior_mask: rim of {rim_vox} voxels does not fit a {size}^3 patch")
+    m = np.zeros((size,) * 3, bool)
+    m[rim_vox : size - rim_vox, rim_vox : size - rim_vox, rim_vox : size - rim_vox] = True
+    return m
+
+
+def centred_reference(size: int = 32, sigma_mm: float = REFERENCE_SIGMA_MM, spacing_mm: float = 1.0) -> np.ndarray:
+    """The centred reference map ``(size,)*3`` float32: ``exp(-r^2 / (2 sigma^2))`` with ``r`` (mm) the
+    distance to the patch centre ``(size - 1) / 2`` (voxels times ``spacing_mm``); peak 1 at the centre."""
+    if not sigma_mm > 0 or not np.isfinite(sigma_mm):
+        raise ValueError(f"centred_reference: sigma must be a positive number of mm, got {sigma_mm}")
+    c = (size - 1) / 2.0
+    z, y, x = np.ogrid[:size, :size, :size]
+    r2 = ((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2) * spacing_mm**2
+    return np.exp(-r2 / (2.0 * sigma_mm**2)).astype(np.float32)
+
+
+def mass_inside(heat: np.ndarray, mask: np.ndarray, support: np.ndarray | None = None) -> float:
+    """Fraction of the min-max normalised map's mass inside ``mask`` (nan for a map constant on the support);
+    with ``support``, min, max and both sums are taken over the support only."""
     h = np.asarray(heat, dtype=np.float64)
     if h.shape != mask.shape:
         raise ValueError(f"mass_inside: map {h.shape} and mask {mask.shape} differ")
+    if support is not None:
+        if support.shape != h.shape:
+            raise ValueError(f"mass_inside: map {h.shape} and support {support.shape} differ")
+        h, mask = h[support], np.asarray(mask)[support]
     lo, hi = h.min(), h.max()
     if not hi > lo:
         return float("nan")
@@ -83,12 +124,17 @@ class MassReport:
         }
 
 
-def mass_report(maps: np.ndarray, masks: np.ndarray) -> MassReport:
-    """:class:`MassReport` of maps ``(n, S, S, S)`` against bool masks ``(n, S, S, S)``."""
+def mass_report(maps: np.ndarray, masks: np.ndarray, support: np.ndarray | None = None) -> MassReport:
+    """:class:`MassReport` of maps ``(n, S, S, S)`` (or one map ``(S, S, S)`` for every nodule, such as
+    :func:`centred_reference`) against bool masks ``(n, S, S, S)``, on an optional ``support (S, S, S)``."""
+    maps = np.asarray(maps)
+    if maps.shape == masks.shape[1:]:
+        maps = np.broadcast_to(maps, masks.shape)
     if maps.shape != masks.shape:
         raise ValueError(f"mass_report: maps {maps.shape} and masks {masks.shape} differ")
-    mass = np.array([mass_inside(m, k) for m, k in zip(maps, masks)])
-    share = masks.reshape(len(masks), -1).mean(1)
+    mass = np.array([mass_inside(m, k, support) for m, k in zip(maps, masks)])
+    flat = masks.reshape(len(masks), -1)
+    share = flat.mean(1) if support is None else flat[:, support.ravel()].mean(1)
     return MassReport(mass, share, mass / share)
 
 

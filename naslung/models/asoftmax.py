@@ -8,10 +8,22 @@ Head (:class:`AngleLinear`): weights ``W (C, K)`` normalised per class column; f
 and both are scaled by ``||x||``. ``cos(mθ)`` is the Chebyshev polynomial ``T_m(cos θ)``.
 
 Loss (:class:`ASoftmaxLoss`): the *target-class* logit only is replaced by
-``(λ·||x|| cos θ_y + ||x|| φ(θ_y)) / (1 + λ)``; the other classes keep ``||x|| cos θ_j``; cross-entropy
-over those logits. λ anneals per :meth:`ASoftmaxLoss.step` (one step per training batch, as in SphereFace):
-``λ = max(lambda_min, lambda_base * (1 + lambda_gamma * it) ** -lambda_power)``. At λ → ∞ the loss is the
-normalised-softmax loss (cross-entropy on ``||x|| cos θ``); at finite λ it is larger, since ``φ <= cos``.
+``(λ·||x|| cos θ_y + ||x|| φ(θ_y)) / (1 + λ) = ||x|| cos θ_y + w·||x|| (φ(θ_y) - cos θ_y)`` with the
+**margin weight** ``w = 1 / (1 + λ)``; the other classes keep ``||x|| cos θ_j``; cross-entropy over those
+logits. At λ → ∞ (w → 0) the loss is the normalised-softmax loss (cross-entropy on ``||x|| cos θ``); at finite
+λ it is larger, since ``φ <= cos``; ``w`` is the share of the margin logit in the target logit.
+
+λ schedule (SphereFace form, one :meth:`ASoftmaxLoss.step` per optimiser step):
+``λ(it) = max(λ_min, λ_base · (1 + γ·it) ** -p)``. γ is not a fixed constant but is derived from the
+*planned* run (:meth:`ASoftmaxLoss.plan` with the run's total optimiser steps ``T`` = epochs × steps per
+epoch) so that λ reaches its floor at the fraction ``f = lambda_floor_at`` of the run:
+
+``γ = ((λ_base / λ_min) ** (1 / p) - 1) / (f · T)``, i.e. ``λ(f·T) = λ_min``,
+
+and for the rest of the run the margin weight is ``1 / (1 + λ_min)`` (1/6 ≈ 0.17 at λ_min = 5). With the
+old fixed γ = 0.12, ~9 steps per epoch gave λ ≈ 85 / 44 / 30 / 18 after 10 / 20 / 30 / 50 epochs (margin
+weight 1–5 %), so the margin hardly shaped training; with the planned γ every run length reaches the floor.
+An unplanned :class:`ASoftmaxLoss` (no ``total_steps``, no ``fixed_lambda``) refuses to give λ.
 
 Prediction uses the normalised logits ``||x|| cos θ`` (no margin): ``NASLungNet.forward`` returns them and
 ``softmax(...)[:, 1]`` is the malignancy probability. The margin only shapes training.
@@ -97,35 +109,80 @@ class AngleLinear(nn.Module):
 class ASoftmaxLoss(nn.Module):
     """A-Softmax loss on ``(cos_x, phi_x)`` = :meth:`AngleLinear.forward` output, targets ``y (N,)`` int64.
 
-    ``.lam`` is the current λ, ``.step()`` advances the schedule by one iteration (call once per
-    optimiser step). ``lam`` can be pinned (``fixed_lambda``) for analysis and tests.
+    ``.lam`` is the current λ and ``.margin_weight`` = ``1 / (1 + λ)``; ``.step()`` advances the schedule by
+    one iteration (call once per optimiser step). The schedule needs the planned number of optimiser steps
+    of the run (``total_steps`` here or :meth:`plan`); ``lam`` can be pinned (``fixed_lambda``) for analysis
+    and tests, which needs no plan.
     """
 
     def __init__(
         self,
         lambda_base: float = 1000.0,
-        lambda_gamma: float = 0.12,
         lambda_power: float = 1.0,
         lambda_min: float = 5.0,
+        lambda_floor_at: float = 0.5,
+        total_steps: int | None = None,
         fixed_lambda: float | None = None,
     ) -> None:
         super().__init__()
         if lambda_min < 0 or lambda_base < 0:
             raise ValueError(f"lambda_base and lambda_min must be >= 0, got {lambda_base}, {lambda_min}")
-        self.lambda_base, self.lambda_gamma = float(lambda_base), float(lambda_gamma)
-        self.lambda_power, self.lambda_min = float(lambda_power), float(lambda_min)
+        if lambda_power <= 0:
+            raise ValueError(f"lambda_power must be > 0, got {lambda_power}")
+        if not 0 < lambda_floor_at <= 1:
+            raise ValueError(f"lambda_floor_at must be in (0, 1], got {lambda_floor_at}")
+        self.lambda_base, self.lambda_power = float(lambda_base), float(lambda_power)
+        self.lambda_min, self.lambda_floor_at = float(lambda_min), float(lambda_floor_at)
         self.fixed_lambda = fixed_lambda
+        self.total_steps: int | None = None
+        self.lambda_gamma = math.nan
+        self.floor_step = math.inf
         self.it = 0
+        if total_steps is not None:
+            self.plan(total_steps)
+
+    def plan(self, total_steps: int) -> ASoftmaxLoss:
+        """Define the schedule over a run of ``total_steps`` optimiser steps (epochs × steps per epoch).
+
+        Sets ``lambda_gamma = ((base / min) ** (1 / p) - 1) / (floor_at · T)`` and ``floor_step = floor_at · T``
+        (λ is ``lambda_min`` from there on); resets the step counter. Returns ``self``.
+        """
+        if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps < 1:
+            raise ValueError(f"ASoftmaxLoss.plan: total_steps must be an integer >= 1, got {total_steps!r}")
+        if self.lambda_min <= 0 and self.fixed_lambda is None:
+            raise ValueError("ASoftmaxLoss.plan: lambda_min must be > 0 (λ never reaches a floor of 0)")
+        self.total_steps = int(total_steps)
+        self.floor_step = self.lambda_floor_at * self.total_steps
+        ratio = self.lambda_base / self.lambda_min if self.lambda_min > 0 else math.inf
+        self.lambda_gamma = (ratio ** (1.0 / self.lambda_power) - 1.0) / self.floor_step if ratio > 1 else 0.0
+        self.it = 0
+        return self
 
     def lambda_at(self, it: int) -> float:
-        """λ after ``it`` schedule steps."""
+        """λ after ``it`` schedule steps (``lambda_min`` from ``floor_step`` on)."""
         if self.fixed_lambda is not None:
             return float(self.fixed_lambda)
+        if self.total_steps is None:
+            raise RuntimeError(
+                "ASoftmaxLoss: the λ schedule is defined over the planned run; call plan(total_steps) first "
+                "(total optimiser steps = epochs x steps per epoch) or pass fixed_lambda"
+            )
+        if it >= self.floor_step:
+            return self.lambda_min
         return max(self.lambda_min, self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power))
+
+    def margin_weight_at(self, it: int) -> float:
+        """Weight ``1 / (1 + λ)`` of the margin logit in the target logit after ``it`` steps."""
+        return 1.0 / (1.0 + self.lambda_at(it))
 
     @property
     def lam(self) -> float:
         return self.lambda_at(self.it)
+
+    @property
+    def margin_weight(self) -> float:
+        """Current ``1 / (1 + λ)``."""
+        return self.margin_weight_at(self.it)
 
     def step(self) -> None:
         self.it += 1
@@ -147,13 +204,20 @@ class ASoftmaxLoss(nn.Module):
         return F.cross_entropy(self.margin_logits(outputs, target), target.long())
 
     def extra_repr(self) -> str:
-        return f"it={self.it}, lam={self.lam:.4g}"
+        if self.fixed_lambda is None and self.total_steps is None:
+            return f"it={self.it}, unplanned"
+        return f"it={self.it}, total_steps={self.total_steps}, lam={self.lam:.4g}"
 
 
 class SoftmaxLoss(nn.Module):
-    """Cross-entropy on plain logits ``(N, K)``; ``step()`` is a no-op and ``lam`` is NaN (no schedule)."""
+    """Cross-entropy on plain logits ``(N, K)``; ``plan()``/``step()`` are no-ops and ``lam``/``margin_weight``
+    are NaN (no schedule, no margin)."""
 
     lam: float = math.nan
+    margin_weight: float = math.nan
+
+    def plan(self, total_steps: int) -> SoftmaxLoss:
+        return self
 
     def step(self) -> None:
         return None
@@ -164,14 +228,16 @@ class SoftmaxLoss(nn.Module):
         return F.cross_entropy(logits, target.long())
 
 
-def build_loss(spec: ArchSpec | DnasArch, model_params: ModelParams) -> nn.Module:
-    """Loss for ``spec.head``: :class:`ASoftmaxLoss` (λ schedule from ``model_params``) or :class:`SoftmaxLoss`."""
+def build_loss(spec: ArchSpec | DnasArch, model_params: ModelParams, total_steps: int | None = None) -> nn.Module:
+    """Loss for ``spec.head``: :class:`ASoftmaxLoss` (λ schedule from ``model_params``, planned over
+    ``total_steps`` optimiser steps when given, else call ``.plan`` before training) or :class:`SoftmaxLoss`."""
     if spec.head == "asoftmax":
         return ASoftmaxLoss(
             lambda_base=model_params.lambda_base,
-            lambda_gamma=model_params.lambda_gamma,
             lambda_power=model_params.lambda_power,
             lambda_min=model_params.lambda_min,
+            lambda_floor_at=model_params.lambda_floor_at,
+            total_steps=total_steps,
         )
     if spec.head == "linear":
         return SoftmaxLoss()

@@ -3,7 +3,9 @@
 :func:`count_flops` is analytic (no model is built, so the search can call it freely) and counts the
 multiply-adds of every convolution (incl. 1x1x1 projections and the CBAM spatial conv), of the CBAM
 channel MLPs (avg and max path) and of the head, for one ``(1, 1, S, S, S)`` patch. BatchNorm, ReLU,
-pooling, sigmoid and element-wise products are not counted (the usual MAC convention).
+pooling, sigmoid, softmax, convolution biases and element-wise products are not counted (the usual MAC
+convention). For ``block: reference`` specs it counts the per-stage stride-2 downsampling convs and the
+always-present 1x1x1 shortcut of every residual block (the CBAM MLP has the same size, without ReLU).
 :func:`count_flops_hooks` counts the same thing with forward hooks on a real 1-sample forward; the tests
 check both agree.
 """
@@ -45,13 +47,17 @@ def count_flops(spec: ArchSpec | str, input_size: int = 32, spatial_kernel: int 
     if spec.cbam:
         total += cbam(s2, vox)
     c = s2
+    reference = spec.block == "reference"
     for widths in spec.stages:
+        if reference:  # separate 3x3x3 stride-2 conv (c -> c), then stride-1 blocks with a 1x1x1 shortcut each
+            s = _conv_out(s, 2)
+            total += s**3 * 27 * c * c
         for i, w in enumerate(widths):
-            stride = 2 if i == 0 else 1
+            stride = 2 if i == 0 and not reference else 1
             s = _conv_out(s, stride)
             v = s**3
             total += v * 27 * (c * w + w * w)
-            if c != w or stride != 1:
+            if reference or c != w or stride != 1:
                 total += v * c * w
             c = w
         if spec.cbam:

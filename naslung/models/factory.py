@@ -52,12 +52,14 @@ def spec_from_json(text: str) -> AnySpec:
     return spec_from_dict(data)
 
 
-def parse_member_spec(entry: Any, cbam: bool | None = None, head: str | None = None) -> AnySpec:
+def parse_member_spec(
+    entry: Any, cbam: bool | None = None, head: str | None = None, block: str | None = None
+) -> AnySpec:
     """A member spec from what ``ensemble.specs`` or a selection file (``selected.json``) holds.
 
     * :class:`ArchSpec` / :class:`DnasArch`: returned as is;
     * a string: :meth:`ArchSpec.parse` (reference form ``spcbam[...]`` or bare list ``[...]``, whose flags come
-      from ``cbam`` / ``head``);
+      from ``cbam`` / ``head``; the block from a ``ref-`` marker, else ``block``, default ``"paper"``);
     * a list (a bare list already parsed from YAML/JSON): like its bare-list string;
     * a mapping with ``spec`` or ``arch`` (a search record): that entry, read recursively;
     * a mapping with ``"kind": "dnas"``: :meth:`DnasArch.from_dict`;
@@ -69,18 +71,18 @@ def parse_member_spec(entry: Any, cbam: bool | None = None, head: str | None = N
     if isinstance(entry, (ArchSpec, DnasArch)):
         return entry
     if isinstance(entry, str):
-        return ArchSpec.parse(entry, cbam=cbam, head=head)
+        return ArchSpec.parse(entry, cbam=cbam, head=head, block=block)
     if isinstance(entry, (list, tuple)):
-        return ArchSpec.parse(json.dumps(list(entry)), cbam=cbam, head=head)
+        return ArchSpec.parse(json.dumps(list(entry)), cbam=cbam, head=head, block=block)
     if isinstance(entry, dict):
         for key in ("spec", "arch"):
             if key in entry:
-                return parse_member_spec(entry[key], cbam=cbam, head=head)
+                return parse_member_spec(entry[key], cbam=cbam, head=head, block=block)
         if is_dnas_dict(entry):
             return DnasArch.from_dict(entry)
         for key in ("ref", "ref_string"):
             if isinstance(entry.get(key), str):
-                return ArchSpec.parse(entry[key], cbam=cbam, head=head)
+                return ArchSpec.parse(entry[key], cbam=cbam, head=head, block=block)
         return spec_from_dict(entry)
     raise SpecError(f"a member spec must be a string, a list or a mapping, got {type(entry).__name__}: {entry!r}")
 
@@ -112,4 +114,4 @@ def spec_summary(spec: AnySpec) -> dict[str, Any]:
     """Flat, loggable description of a spec (MLflow params): kind plus the architecture fields."""
     if isinstance(spec, DnasArch):
         return {"spec_kind": DNAS_KIND, "spec_ops": list(spec.ops), "spec_space": spec.space.to_dict()}
-    return {"spec_stem": list(spec.stem), "spec_stages": [list(s) for s in spec.stages]}
+    return {"spec_stem": list(spec.stem), "spec_stages": [list(s) for s in spec.stages], "spec_block": spec.block}

@@ -1,11 +1,18 @@
-"""NASLung network (Jiang et al. 2021): a 3D residual CNN with optional CBAM and an A-Softmax head.
+r"""NASLung network (Jiang et al. 2021): a 3D residual CNN with optional CBAM and an A-Softmax head.
 
 Input ``(N, 1, 32, 32, 32)`` float32 patches in numpy order ``(z, y, x)``, 1 mm voxels, values in [0, 1].
 
 * stage 1, stage 2: one 3x3x3 conv + BN + ReLU each (``spec.stem`` widths, stride 1; 32^3 maps);
-* stages 3, 4, 5: ``spec.depths`` residual blocks of ``spec.stages`` widths; the first block of each stage
-  has stride 2 (maps 16^3, 8^3, 4^3);
-* CBAM after stages 2, 3, 4, 5 when ``spec.cbam``;
+* stages 3, 4, 5: ``spec.depths`` residual blocks of ``spec.stages`` widths, maps 16^3, 8^3, 4^3:
+
+  - ``spec.block == "paper"``: :class:`~naslung.models.blocks.ResidualBlock`\ s, the first of each stage
+    with stride 2;
+  - ``spec.block == "reference"`` (the public code's ``ConvRes``): a 3x3x3 stride-2 conv + BN + ReLU
+    (:func:`~naslung.models.blocks.downsample_conv`, channels kept) first, then stride-1
+    :class:`~naslung.models.blocks.ReferenceResidualBlock`\ s; stage 1/2 convs carry a bias;
+
+* CBAM after stages 2, 3, 4, 5 when ``spec.cbam`` (:class:`~naslung.models.cbam.CBAM`, or
+  :class:`~naslung.models.cbam.ReferenceCBAM` for the reference block);
 * global average pooling -> features ``(N, C)``, ``C = spec.out_channels``;
 * head: ``nn.Linear(C, 2)`` or :class:`~naslung.models.asoftmax.AngleLinear` ``(C, 2, m)``.
 
@@ -22,8 +29,8 @@ import torch
 from torch import nn
 
 from naslung.models.asoftmax import AngleLinear
-from naslung.models.blocks import ConvBNReLU, ResidualBlock
-from naslung.models.cbam import CBAM
+from naslung.models.blocks import ConvBNReLU, ReferenceResidualBlock, ResidualBlock, downsample_conv
+from naslung.models.cbam import CBAM, ReferenceCBAM
 from naslung.models.spec import ArchSpec
 
 N_CLASSES = 2
@@ -37,21 +44,25 @@ class NASLungNet(nn.Module):
         spec = ArchSpec.coerce(spec)
         self.spec = spec
         self.margin_m = int(margin_m)
+        reference = spec.block == "reference"
         s1, s2 = spec.stem
-        self.stage1 = ConvBNReLU(1, s1)
-        self.stage2 = ConvBNReLU(s1, s2)
+        self.stage1 = ConvBNReLU(1, s1, bias=reference)
+        self.stage2 = ConvBNReLU(s1, s2, bias=reference)
         c = s2
         stages: list[nn.Module] = []
         for widths in spec.stages:
-            blocks: list[nn.Module] = []
+            blocks: list[nn.Module] = [downsample_conv(c)] if reference else []
             for i, w in enumerate(widths):
-                blocks.append(ResidualBlock(c, w, stride=2 if i == 0 else 1))
+                blocks.append(
+                    ReferenceResidualBlock(c, w) if reference else ResidualBlock(c, w, stride=2 if i == 0 else 1)
+                )
                 c = w
             stages.append(nn.Sequential(*blocks))
         self.stage3, self.stage4, self.stage5 = stages
+        cbam_cls = ReferenceCBAM if reference else CBAM
 
         def att(ch: int) -> nn.Module:
-            return CBAM(ch, spatial_kernel=spatial_kernel) if spec.cbam else nn.Identity()
+            return cbam_cls(ch, spatial_kernel=spatial_kernel) if spec.cbam else nn.Identity()
 
         self.cbam2 = att(s2)
         self.cbam3 = att(spec.stages[0][-1])

@@ -2,7 +2,9 @@
 
 An :class:`ArchSpec` is the paper's genotype ``[s1, s2, [stage 3 widths], [stage 4 widths], [stage 5 widths]]``
 plus two flags: ``cbam`` (CBAM after stages 2-5) and ``head`` (``"linear"`` softmax head or ``"asoftmax"``
-A-Softmax head). Widths are output channels; stage ``k`` of 3-5 holds ``len(stages[k-3])`` residual blocks.
+A-Softmax head), and the residual-block variant ``block``: ``"paper"`` (the paper's equations, the default) or
+``"reference"`` (the public code's ``ConvRes``; see :mod:`naslung.models.blocks`). Widths are output channels;
+stage ``k`` of 3-5 holds ``len(stages[k-3])`` residual blocks.
 
 String forms
 ------------
@@ -13,11 +15,17 @@ form (no prefix) the flags come from its keyword arguments. An explicit prefix w
 arguments (``none``/``plain`` are accepted as explicit "plain" prefixes). :meth:`ArchSpec.ref_string`
 writes the reference form back, character for character as the reference code formats it.
 
+A ``reference``-block spec is written with the marker ``ref-`` in front of that form
+(``ref-spcbam[4,4,[4, 4], [4, 8], [8, 8]]``, ``ref-[...]`` for a plain one); :meth:`ArchSpec.parse` reads the
+marker back (``ref:`` is accepted too). Without the marker the block comes from the ``block`` keyword
+(default ``"paper"``), so every existing string keeps its meaning.
+
 Identity
 --------
 :attr:`ArchSpec.spec_id` is ``"m1-"`` + the first 10 hex digits of the SHA-1 of the canonical JSON
 (sorted keys, no whitespace) of :meth:`ArchSpec.to_dict`, so it is stable across processes and machines and
-changes with any width or flag.
+changes with any width or flag. ``to_dict`` leaves ``block`` out for the default ``"paper"`` (so the ids of
+paper specs are the ones they had before the field existed) and writes ``"block": "reference"`` otherwise.
 """
 
 from __future__ import annotations
@@ -27,11 +35,16 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
-from naslung.params import HEADS  # the allowed ``head`` values (spelt once: ``naslung.params.Head``)
+from naslung.params import HEADS, Block  # allowed ``head`` / ``block`` values (spelt once in naslung.params)
+
+BLOCKS: tuple[str, ...] = get_args(Block)
+DEFAULT_BLOCK = "paper"
+REFERENCE_MARKER = "ref-"
+"""Written in front of the reference string of a ``block="reference"`` spec."""
 
 MAX_WIDTH = 4096
 """Sanity bound on any channel width (the reference models use at most 512)."""
@@ -43,7 +56,7 @@ _PREFIX_FLAGS: dict[str, tuple[bool, str]] = {
     "none": (False, "linear"),
     "plain": (False, "linear"),
 }
-_STRING_RE = re.compile(r"^\s*([A-Za-z]*)\s*(\[.*\])\s*$", re.DOTALL)
+_STRING_RE = re.compile(r"^\s*(?:(ref)\s*[-:]\s*)?([A-Za-z]*)\s*(\[.*\])\s*$", re.DOTALL | re.IGNORECASE)
 _STAGE_NAMES = ("stage 3", "stage 4", "stage 5")
 
 
@@ -71,6 +84,9 @@ class ArchSpec:
             stride 2, so the maps are 16^3, 8^3, 4^3 voxels for a 32^3 input).
         cbam: CBAM attention after stages 2, 3, 4 and 5.
         head: ``"linear"`` (softmax over a linear layer) or ``"asoftmax"`` (SphereFace AngleLinear).
+        block: ``"paper"`` (stride-2 first block per stage, identity/projection shortcut, ReLU after the sum)
+            or ``"reference"`` (a separate stride-2 conv per stage, stride-1 blocks with an always-present
+            1x1x1 shortcut and no ReLU after the sum, softmax CBAM); see :mod:`naslung.models.blocks`.
 
     Lists are accepted for ``stem``/``stages`` and normalised to tuples; every field is validated.
     """
@@ -79,6 +95,7 @@ class ArchSpec:
     stages: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     cbam: bool = False
     head: str = "linear"
+    block: str = DEFAULT_BLOCK
 
     def __post_init__(self) -> None:
         stem = self.stem
@@ -99,6 +116,8 @@ class ArchSpec:
             raise SpecError(f"cbam must be a bool, got {self.cbam!r}")
         if self.head not in HEADS:
             raise SpecError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.block not in BLOCKS:
+            raise SpecError(f"block must be one of {BLOCKS}, got {self.block!r}")
         object.__setattr__(self, "stem", stem_t)
         object.__setattr__(self, "stages", tuple(stages_t))
 
@@ -125,20 +144,24 @@ class ArchSpec:
 
     # ----------------------------------------------------------------- plain data
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-safe mapping: ``{"stem": [..], "stages": [[..], [..], [..]], "cbam": .., "head": ..}``."""
-        return {
+        """JSON/YAML-safe mapping: ``{"stem": [..], "stages": [[..], [..], [..]], "cbam": .., "head": ..}``,
+        plus ``"block": "reference"`` for a reference-block spec (a paper spec has no ``block`` key)."""
+        d: dict[str, Any] = {
             "stem": list(self.stem),
             "stages": [list(s) for s in self.stages],
             "cbam": self.cbam,
             "head": self.head,
         }
+        if self.block != DEFAULT_BLOCK:
+            d["block"] = self.block
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
         """Inverse of :meth:`to_dict`; unknown or missing keys are an error."""
         if not isinstance(data, dict):
             raise SpecError(f"spec mapping expected, got {type(data).__name__}")
-        keys = {"stem", "stages", "cbam", "head"}
+        keys = {"stem", "stages", "cbam", "head", "block"}
         unknown = sorted(set(data) - keys)
         if unknown:
             raise SpecError(f"unknown spec key(s) {unknown}; allowed {sorted(keys)}")
@@ -146,7 +169,11 @@ class ArchSpec:
         if missing:
             raise SpecError(f"spec mapping lacks key(s) {missing}")
         return cls(
-            stem=data["stem"], stages=data["stages"], cbam=data.get("cbam", False), head=data.get("head", "linear")
+            stem=data["stem"],
+            stages=data["stages"],
+            cbam=data.get("cbam", False),
+            head=data.get("head", "linear"),
+            block=data.get("block", DEFAULT_BLOCK),
         )
 
     def canonical_json(self) -> str:
@@ -182,27 +209,32 @@ class ArchSpec:
         return f"[{self.stem[0]},{self.stem[1]},{stages}]"
 
     def ref_string(self) -> str:
-        """Reference form with its prefix (``sp``/``cbam``/``spcbam``; none for plain)."""
+        """Reference form with its prefix (``sp``/``cbam``/``spcbam``; none for plain), after ``ref-`` for a
+        reference-block spec."""
         prefix = ("sp" if self.head == "asoftmax" else "") + ("cbam" if self.cbam else "")
-        return prefix + self.list_string()
+        marker = REFERENCE_MARKER if self.block == "reference" else ""
+        return marker + prefix + self.list_string()
 
     def __str__(self) -> str:
         return self.ref_string()
 
     @classmethod
-    def parse(cls, text: str, cbam: bool | None = None, head: str | None = None) -> ArchSpec:
+    def parse(cls, text: str, cbam: bool | None = None, head: str | None = None, block: str | None = None) -> ArchSpec:
         """Parse the reference string form or the bare list form.
 
         ``spcbam[...]``/``sp[...]``/``cbam[...]``/``none[...]`` fix both flags (the prefix wins over
         ``cbam``/``head``). For a bare ``[...]`` the flags come from ``cbam`` (default False) and ``head``
-        (default ``"linear"``), so the reference code's unprefixed names parse as plain models.
+        (default ``"linear"``), so the reference code's unprefixed names parse as plain models. A leading
+        ``ref-`` (or ``ref:``) marker fixes ``block="reference"``; without it the block is ``block``
+        (default ``"paper"``).
         """
         if not isinstance(text, str):
             raise SpecError(f"spec string expected, got {type(text).__name__}: {text!r}")
         m = _STRING_RE.match(text)
         if not m:
             raise SpecError(f"spec {text!r}: expected '<prefix>[s1, s2, [..], [..], [..]]'")
-        prefix, body = m.group(1).lower(), m.group(2)
+        marker, prefix, body = m.group(1), m.group(2).lower(), m.group(3)
+        block_v = "reference" if marker else (DEFAULT_BLOCK if block is None else block)
         if prefix:
             if prefix not in _PREFIX_FLAGS:
                 raise SpecError(f"spec {text!r}: unknown prefix {prefix!r}; allowed {sorted(_PREFIX_FLAGS)}")
@@ -220,7 +252,13 @@ class ArchSpec:
                 f"got {len(value) if isinstance(value, list) else type(value).__name__}"
             )
         try:
-            return cls(stem=(value[0], value[1]), stages=(value[2], value[3], value[4]), cbam=cbam_v, head=head_v)
+            return cls(
+                stem=(value[0], value[1]),
+                stages=(value[2], value[3], value[4]),
+                cbam=cbam_v,
+                head=head_v,
+                block=block_v,
+            )
         except SpecError as exc:
             raise SpecError(f"spec {text!r}: {exc}") from None
 

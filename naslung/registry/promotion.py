@@ -1,9 +1,10 @@
 """Promotion and rollback: the aliases ``champion`` / ``challenger`` / ``previous`` and the gate's record.
 
-:func:`promote` reads the figures of challenger and champion off their lineage tags, lets the pure gate
-:func:`naslung.gate.decide` decide, moves the aliases (``champion`` -> challenger, old champion ->
-``previous``) and records the decision: tags ``naslung.gate.*`` on the version, a JSON record
-``gate/decision-v<version>-<time ns>.json`` in the version's run, and a printed line.
+:func:`promote` reads the figures of challenger and champion off their tags, lets the pure gate
+:func:`naslung.gate.decide` decide on their validation figures, moves the aliases (``champion`` ->
+challenger, old champion -> ``previous``) and records the decision: tags ``naslung.gate.*`` on the
+version, a JSON record ``gate/decision-v<version>-<time ns>.json`` in the version's run (every check with
+the data it was measured on) and a printed line.
 """
 
 from __future__ import annotations
@@ -19,18 +20,29 @@ from naslung.card import TAG
 from naslung.gate import GateDecision
 from naslung.params import Params
 from naslung.registry.store import CHALLENGER, CHAMPION, PREVIOUS, configure, version_at
+from naslung.registry.versions import VAL_FIGURES_TAG
 
 
 def _figures(name: str, mv: Any) -> gate.VersionFigures:
-    """What the gate needs of a model version, read off its lineage tags (:meth:`ModelCard.to_tags`)."""
-    raw = mv.tags.get(TAG + "f1_per_fold")
+    """What the gate needs of a model version, read off its tags: the validation figures
+    (``naslung.val.figures``, written by :func:`naslung.registry.versions.register`), the data-validation
+    verdict and, reported only, the test-fold figures of the model card (``naslung.f1_per_fold``,
+    ``naslung.auc_mean``)."""
+    raw_val = mv.tags.get(VAL_FIGURES_TAG)
+    raw_f1 = mv.tags.get(TAG + "f1_per_fold")
+    reported: dict[str, Any] = {"eval_folds": json.loads(mv.tags.get(TAG + "eval_folds") or "[]")}
+    if raw_f1:
+        reported["f1_per_fold"] = json.loads(raw_f1)
+    if mv.tags.get(TAG + "auc_mean"):
+        reported["auc_mean"] = float(mv.tags[TAG + "auc_mean"])
     return gate.VersionFigures(
         name=name,
         version=str(mv.version),
         validation=mv.tags.get(TAG + "validation"),
         validation_reason=mv.tags.get(TAG + "validation_reason"),
-        f1_per_fold={str(k): float(v) for k, v in json.loads(raw).items()} if raw else {},
+        val=gate.ValidationFigures.from_dict(json.loads(raw_val)) if raw_val else None,
         data_hash=mv.tags.get(TAG + "data.hash"),
+        reported=reported,
     )
 
 
@@ -60,10 +72,12 @@ def _record(
 def promote(params: Params, version: str | int | None = None) -> GateDecision:
     """Gate the ``challenger`` (or ``version``) and promote it to ``champion`` when it passes.
 
-    Passes when (1) its data validation passed (when ``registry.require_validation``) and (2) there is no
-    champion, or the mean F1 over the folds both versions were evaluated on is >= the champion's minus
-    ``registry.f1_tolerance`` (:func:`naslung.gate.decide`). On promotion the old champion keeps the alias
-    ``previous``.
+    The rule is :func:`naslung.gate.decide` on validation figures only (never a test fold): data validation
+    passed (when ``registry.require_validation``); validation AUC / sensitivity / specificity at least
+    ``registry.min_auc`` / ``min_sensitivity`` / ``min_specificity``; accuracy above the constant
+    predictor's; AUC at least each baseline's + ``registry.baseline_margin``; and, when the champion was
+    evaluated on the same validation rows, AUC >= champion AUC - ``registry.auc_tolerance``. On promotion
+    the old champion keeps the alias ``previous``.
     """
     configure(params)
     client = MlflowClient()
@@ -72,7 +86,7 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
     if mv is None:
         raise ValueError(f"promote: {name} has no version with alias '{CHALLENGER}' (run `naslung register` first)")
     champ = version_at(client, name, CHAMPION)
-    settings = gate.GateSettings(float(params.registry.f1_tolerance), bool(params.registry.require_validation))
+    settings = gate.GateSettings.of(params.registry)
     challenger = _figures(name, mv)
     champion = _figures(name, champ) if champ is not None else None
     d = gate.decide(challenger, champion, settings)

@@ -7,6 +7,16 @@ plots, the patch manifest as dataset input, the explainability panel and the
 facts gathered here (git commit, DVC url, validation verdict, search run); the version's lineage tags
 (``naslung.*``), its description, ``model_card.md`` and ``model_card.json`` (in the run and inside the
 model artifact) all derive from it. The new version gets the alias ``challenger``.
+
+Registration also computes what the promotion gate reads (:func:`gate_figures`): the deploy ensemble's
+figures on its members' shared **validation** rows (AUC of the mean probability, sensitivity /
+specificity / accuracy of the vote, with intervals), the constant predictor's accuracy and both baselines
+(:func:`naslung.baselines.baseline_predictions`, fitted on the split's training folds) on the same rows,
+and the identity of those rows; they go on the version as tags ``naslung.val.*`` (``naslung.val.figures``
+holds them all as JSON) and into the run as ``gate_figures.json`` and ``val.*`` metrics. The calibration
+report of ``ensemble train`` (``<ensemble.out_dir>/calibration/``: reliability plot and data, Brier,
+slope/intercept, ECE) is logged under ``calibration/`` with ``calibration.*`` metrics; the calibrator itself
+travels inside the model (``calibration.json`` of the ensemble directory).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +32,8 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from naslung.artifact_paths import ENSEMBLE_INDEX_FILE, METRICS_FILE, ArtifactsDir
+from naslung import gate
+from naslung.artifact_paths import ENSEMBLE_INDEX_FILE, ArtifactsDir
 from naslung.card import CARD_FILE, CARD_MARKDOWN, TAG, ModelCard
 from naslung.ensemble.layout import ENSEMBLE_DIR
 from naslung.params import Params, to_dict
@@ -32,6 +43,109 @@ from naslung.registry.store import CHALLENGER, configure
 
 CARD_JSON_ARTIFACT = "model_card_json"
 """Name of the pyfunc artifact holding ``model_card.json`` (``model_card`` holds the markdown)."""
+
+
+VAL_FIGURES_TAG = TAG + "val.figures"
+"""Version tag holding :meth:`naslung.gate.ValidationFigures.to_dict` as JSON (what the gate reads)."""
+GATE_FIGURES_FILE = "gate_figures.json"
+
+
+def gate_figures(params: Params, index: dict[str, Any], records: list[Any] | None = None) -> gate.ValidationFigures:
+    """The gate's figures of the deploy ensemble of ``index`` on its members' shared validation rows.
+
+    AUC of the raw mean probability, sensitivity / specificity / accuracy of the majority vote, the constant
+    predictor's accuracy and both baselines (fitted on the split's training folds of the patch store,
+    scored on the same rows). No test fold is read.
+    """
+    from naslung.baselines import baseline_predictions
+    from naslung.data.store import PatchStore
+    from naslung.ensemble.model import majority_label
+    from naslung.ensemble.training import MemberRecord, validation_predictions
+
+    recs = records if records is not None else [MemberRecord(**m) for m in index["members"]]
+    deploy = [r for r in recs if int(r.fold) == int(index["deploy_fold"])]
+    val = validation_predictions(deploy)
+    _votes, label = majority_label(val.member_probs)
+    store = PatchStore.open(params.paths.artifacts)
+    base = baseline_predictions(
+        store.manifest,
+        store.patches,
+        val.train_folds,
+        val.folds,
+        hu_window=(float(params.prepare.hu_window[0]), float(params.prepare.hu_window[1])),
+    )
+    aligned: dict[str, tuple[Any, Any]] = {}
+    for name, b in base.items():
+        ids = [str(i) for i in b.ids]
+        if sorted(ids) != sorted(str(i) for i in val.ids):
+            raise ValueError(f"gate figures: baseline {name} scored other rows than the members' validation rows")
+        pos = {v: i for i, v in enumerate(ids)}
+        order = [pos[str(i)] for i in val.ids]
+        aligned[name] = (np.asarray(b.score)[order], np.asarray(b.label)[order])
+    data = gate.DataRef(
+        role="validation",
+        folds=val.folds,
+        n=int(val.y.size),
+        n_malignant=int(val.y.sum()),
+        hash=val.hash,
+        train_folds=val.train_folds,
+        test_fold=val.test_fold,
+    )
+    return gate.validation_figures(val.y, val.raw_prob, label, data, aligned, seed=int(params.seed))
+
+
+def gate_tags(figures: gate.ValidationFigures) -> dict[str, str]:
+    """Version tags ``naslung.val.*`` of the gate's figures (the JSON one is what the gate reads)."""
+    d = figures.data
+    tags = {
+        VAL_FIGURES_TAG: json.dumps(figures.to_dict(), default=float),
+        TAG + "val.auc": f"{figures.auc:.6f}",
+        TAG + "val.sensitivity": f"{figures.sensitivity:.6f}",
+        TAG + "val.specificity": f"{figures.specificity:.6f}",
+        TAG + "val.accuracy": f"{figures.accuracy:.6f}",
+        TAG + "val.constant_accuracy": f"{figures.constant_accuracy:.6f}",
+        TAG + "val.folds": json.dumps(list(d.folds)),
+        TAG + "val.n": str(d.n),
+        TAG + "val.data_hash": d.hash,
+    }
+    for name, b in figures.baselines.items():
+        tags[TAG + f"val.baseline.{name}.auc"] = f"{b.auc:.6f}"
+    return {k: v[:5000] for k, v in tags.items()}
+
+
+def _gate_metrics(figures: gate.ValidationFigures) -> dict[str, float]:
+    out = {
+        "val.auc": figures.auc,
+        "val.sensitivity": figures.sensitivity,
+        "val.specificity": figures.specificity,
+        "val.accuracy": figures.accuracy,
+        "val.constant_accuracy": figures.constant_accuracy,
+        **{f"val.baseline.{k}.auc": b.auc for k, b in figures.baselines.items()},
+        **{f"val.baseline.{k}.accuracy": b.accuracy for k, b in figures.baselines.items()},
+    }
+    return {k: float(v) for k, v in out.items() if np.isfinite(float(v))}
+
+
+def _log_calibration(index: dict[str, Any]) -> None:
+    """Log the calibration report of ``ensemble train`` (files under ``calibration/``, ``calibration.*``
+    metrics) into the active run."""
+    from naslung.calibration import REPORT_DIR
+
+    cal = index.get("calibration") or {}
+    folder = Path(index["model_dir"]).parent / REPORT_DIR
+    if folder.is_dir():
+        mlflow.log_artifacts(str(folder), REPORT_DIR)
+    metrics = {}
+    for split, kinds in (cal.get("figures") or {}).items():
+        for kind, figs in kinds.items():
+            for k, v in figs.items():
+                if k != "n" and v is not None and np.isfinite(float(v)):
+                    metrics[f"calibration.{split}.{kind}.{k}"] = float(v)
+    calibrator = cal.get("calibrator") or {}
+    if calibrator.get("method") == "temperature":
+        metrics["calibration.temperature"] = float(calibrator.get("temperature", 1.0))
+    if metrics:
+        mlflow.log_metrics(metrics)
 
 
 def dvc_url(path: str | Path) -> str | None:
@@ -91,16 +205,20 @@ def log_explain_panel(params: Params, ensemble: Any, fold: int) -> str | None:
     except (FileNotFoundError, TypeError, ValueError) as exc:  # no patch store / a member without maps
         warnings.warn(f"register: no explainability panel logged: {exc}", stacklevel=2)
         return None
-    mlflow.log_metrics(
-        {f"explain.{k}_mass_ratio": float(summary[k]["ratio_of_means"]) for k in ("CAM", "attention") if k in summary}
-    )
+    metrics = {
+        f"explain.{k}_mass_ratio": float(summary[k]["ratio_of_means"]) for k in ("CAM", "attention") if k in summary
+    }
+    for kind, row in summary.get("mass_ratio", {}).items():  # the controls: untrained ensemble, centred map
+        metrics.update({f"explain.{kind}_mass_ratio_{c}": float(v) for c, v in row.items() if c != "trained"})
+    mlflow.log_metrics(metrics)
     return "explain/panel_cam.png"
 
 
 def register(params: Params, search_id: str | None = None, metrics_path: str | Path | None = None) -> Registration:
     """Log and register the ensemble of ``<ensemble.out_dir>/model`` with its evaluation and lineage.
 
-    Needs ``training.json`` (``naslung ensemble train``) and ``metrics.json`` (``naslung evaluate``). The
+    Needs ``training.json`` (``naslung ensemble train``) and ``metrics_detail.json`` (or, from an older
+    evaluation, ``metrics.json``; ``naslung evaluate``). The
     new version gets the alias ``challenger``; promotion is :func:`promote`'s decision.
     """
     from naslung import tracking
@@ -108,14 +226,24 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
     from naslung.ensemble.training import read_index
 
     index, _ = read_index(params)
-    mpath = Path(metrics_path or ArtifactsDir(Path(params.paths.artifacts)).metrics)
+    arts = ArtifactsDir(Path(params.paths.artifacts))
+    mpath = Path(metrics_path or (arts.metrics_detail if arts.metrics_detail.is_file() else arts.metrics))
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: not found (run `naslung evaluate` first)")
-    metrics = json.loads(mpath.read_text(encoding="utf-8"))
+    metrics = json.loads(mpath.read_text(encoding="utf-8"))  # the whole evaluation (metrics_detail.json)
     model_dir = Path(index["model_dir"])
     ensemble = Ensemble.load(model_dir)
     card = build_card(params, index, metrics, search_id or search_run_id(params))
-    tags = card.to_tags()
+    cal = index.get("calibration")
+    if cal:
+        card = replace(card, calibration={k: cal[k] for k in ("calibrator", "figures", "data") if k in cal})
+    figures: gate.ValidationFigures | None
+    try:
+        figures = gate_figures(params, index)
+    except (FileNotFoundError, ValueError) as exc:  # no patch store / members without validation predictions
+        warnings.warn(f"register: no validation figures for the gate ({exc}); promotion will refuse", stacklevel=2)
+        figures = None
+    tags = {**card.to_tags(), **(gate_tags(figures) if figures is not None else {})}
     markdown = card.to_markdown()
     name = params.registry.name
     configure(params)
@@ -130,11 +258,19 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
                 "params_hash": tags[TAG + "params_hash"],
             }
         )
-        mlflow.log_metrics({k: float(v) for k, v in metrics["summary"].items() if np.isfinite(float(v))})
+        mlflow.log_metrics(
+            {k: float(v) for k, v in metrics["summary"].items() if v is not None and np.isfinite(float(v))}
+        )
+        if figures is not None:
+            mlflow.log_metrics(_gate_metrics(figures))
+            mlflow.log_dict(figures.to_dict(), GATE_FIGURES_FILE)
+        _log_calibration(index)
         manifest = ArtifactsDir(Path(params.paths.artifacts)).manifest
         if manifest.is_file():
             tracking.log_manifest_input(manifest, Path("dvc.lock"), context="ensemble")
-        mlflow.log_dict(metrics, METRICS_FILE)
+        mlflow.log_dict(metrics, mpath.name)
+        if mpath != arts.metrics and arts.metrics.is_file():
+            mlflow.log_artifact(str(arts.metrics))
         mlflow.log_dict(to_dict(params), "params.json")
         mlflow.log_dict(index, ENSEMBLE_INDEX_FILE)
         for plot in sorted((Path(params.paths.artifacts) / "plots").glob("ensemble_*.png")):

@@ -1,7 +1,8 @@
 """Sending patches to a scorer in requests of a fixed size, several requests in flight.
 
-The scorer is any callable ``(patches) -> answers``: ``patches`` (n, 32, 32, 32) float32 in [0, 1],
-(z, y, x); ``answers`` one dict per patch (``probability``, ``label``, ``votes``, ``model_version``, and
+The scorer is any callable ``(patches) -> answers``: ``patches`` (n, 32, 32, 32) in [0, 1], (z, y, x),
+float32 (uint8 0..255 when the pool quantises: ``wire="uint8"``, then the scorer sends them as they are);
+``answers`` one dict per patch (``probability``, ``label``, ``votes``, ``model_version``, and
 with explanations ``cam`` / ``explain_target``); an exception means the whole request failed. E.g.
 :meth:`naslung.serving_client.ServingClient.predict`, or an in-process function.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from naslung.scoring import quantise_uint8
 from naslung.scoring_csv.rows import RowResult
 
 Scorer = Callable[[np.ndarray], list[dict[str, Any]]]
@@ -33,9 +35,9 @@ class Request:
     seconds: float = 0.0
 
 
-def _run(scorer: Scorer, request: Request) -> Request:
+def _run(scorer: Scorer, request: Request, wire: str = "float32") -> Request:
     t = time.perf_counter()
-    request.answers = scorer(request.patches)
+    request.answers = scorer(quantise_uint8(request.patches) if wire == "uint8" else request.patches)
     request.seconds = time.perf_counter() - t
     return request
 
@@ -46,9 +48,23 @@ class RequestPool:
     back. ``on_done(request)`` is called in the caller's thread for every finished request.
 
     Use as a context manager: ``add`` patches, ``send`` the full requests, ``finish`` at the end.
+
+    ``wire``: ``"uint8"`` quantises each request's patches once (:func:`naslung.scoring.quantise_uint8`,
+    a quarter of the memory and of the bytes sent) before the scorer sees them; ``"float32"`` (default)
+    passes them as they are. :attr:`Request.patches` keeps the float32 patches (overlays are drawn from them).
     """
 
-    def __init__(self, scorer: Scorer, size: int, concurrency: int, on_done: Callable[[Request], None]) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        size: int,
+        concurrency: int,
+        on_done: Callable[[Request], None],
+        wire: str = "float32",
+    ) -> None:
+        if wire not in ("uint8", "float32"):
+            raise ValueError(f"wire must be uint8 or float32, got {wire!r}")
+        self.wire = wire
         self.scorer = scorer
         self.size = max(1, int(size))
         workers = max(1, int(concurrency))
@@ -79,7 +95,7 @@ class RequestPool:
             del self._buffer[: self.size]
             self._drain(self.max_in_flight - 1)
             request = Request([row for row, _ in chunk], np.stack([patch for _, patch in chunk]))
-            self._pending[self._pool.submit(_run, self.scorer, request)] = request
+            self._pending[self._pool.submit(_run, self.scorer, request, self.wire)] = request
             self.n_sent += len(chunk)
 
     def finish(self) -> None:

@@ -9,14 +9,19 @@
 2. Supernet search (:func:`naslung.search.dnas.search`) with the ``dnas`` section's settings and the
    training augmentation (``train.pad``, ``train.flips``).
 3. The ``dnas.derive_k`` most probable architectures (:func:`~naslung.search.dnas.derive_top`) are each
-   retrained from scratch on all training rows by :func:`naslung.train.loop.fit` (``dnas.retrain_epochs``,
-   early stopping and model selection on the validation fold by ``train.select_by``) and scored on the
-   validation fold: accuracy (fraction), latency (``search.latency_source``: measured ms per nodule on the
-   untrained model, or M multiply-adds per nodule — the unit POP uses), multiply-adds, parameters.
+   retrained from scratch on all training rows for exactly ``dnas.retrain_epochs`` (no early stopping, no
+   epoch chosen on the validation folds: :func:`naslung.search.candidate.fit_fixed_epochs`) and scored like
+   POP's candidates: ``search.objective`` of the final weights on the pooled ``search.val_folds`` validation
+   folds with its 95 % bootstrap interval (``score``, ``score_low``, ``score_high``; validation
+   ``accuracy`` kept for information), latency (``search.latency_source``: measured ms per nodule on the
+   untrained model with ``train.num_threads`` threads, or M multiply-adds per nodule — the unit POP uses),
+   multiply-adds, parameters.
 4. Outputs in ``out_dir``, the same files as POP (:mod:`naslung.search.outputs`): ``front.json`` (derived
-   models non-dominated in validation accuracy vs latency), ``selected.json`` (up to ``search.k_select``
+   models non-dominated in validation score vs latency, with POP's latency tolerance
+   :func:`naslung.search.candidate.latency_tolerance`), ``selected.json`` (up to ``search.k_select``
    derived models by POP's rule, :func:`naslung.search.pareto.select_k`: front first, an overflowing layer
-   spread by farthest-point choice over log2 latency, accuracy and the :func:`op_shape` of the ops; their
+   spread by farthest-point choice over log2 latency, score and the :func:`op_shape` of the ops; no
+   neighbour fill — the DNAS candidates are the ``dnas.derive_k`` derived models; their
    ``spec`` is the ``{"kind": "dnas", ...}`` dict, so they can be ensemble members), ``pareto.png`` (with
    the POP front of ``pop_front_path`` when that file holds one in the same latency unit), ``summary.json``
    (``strategy: dnas``), plus ``dnas.json`` (softmax(α) per layer, op names, per-epoch supernet history, all
@@ -48,6 +53,7 @@ from naslung.models.mbconv import SKIP
 from naslung.params import Params
 from naslung.search import dnas, pareto, runs
 from naslung.search.outputs import read_pop_front, write_dnas_outputs
+from naslung.search.plots import latency_axis_label
 from naslung.tracker import NULL_TRACKER, Tracker
 
 DNAS_FILE = "dnas.json"
@@ -84,8 +90,8 @@ class _Derived:
     record: Mapping[str, Any]
 
     @property
-    def accuracy(self) -> float:
-        return float(self.record["accuracy"])
+    def score(self) -> float:
+        return float(self.record["score"])
 
     @property
     def latency(self) -> float:
@@ -100,14 +106,15 @@ class _Derived:
         return op_shape(self.record.get("ops") or self.record["spec"]["ops"])
 
 
-def front_of(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Records not dominated in (validation accuracy up, latency down), sorted by latency."""
-    return [dict(d.record) for d in pareto.pareto_front(_Derived(r) for r in records)]
+def front_of(records: Sequence[Mapping[str, Any]], tolerance: float = 0.0) -> list[dict[str, Any]]:
+    """Records not dominated in (validation score up, latency down; relative latency ``tolerance``), sorted
+    by latency."""
+    return [dict(d.record) for d in pareto.pareto_front((_Derived(r) for r in records), tolerance)]
 
 
-def select_records(records: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
+def select_records(records: Sequence[Mapping[str, Any]], k: int, tolerance: float = 0.0) -> list[dict[str, Any]]:
     """Up to ``k`` records by :func:`naslung.search.pareto.select_k` (front first); sorted by latency."""
-    return [dict(d.record) for d in pareto.select_k([_Derived(r) for r in records], k)]
+    return [dict(d.record) for d in pareto.select_k([_Derived(r) for r in records], k, tolerance)]
 
 
 def run_dnas_search(
@@ -127,22 +134,28 @@ def run_dnas_search(
     so a DNAS run writing into ``search.out_dir`` still draws the POP front that was there.
     ``extra_summary`` entries (e.g. the Prefect flow run id) are added to ``summary.json``.
     """
+    from naslung.metrics import binary_metrics
     from naslung.models.complexity import count_params
-    from naslung.search.candidate import latency_unit, load_dev, spec_latency
+    from naslung.search.candidate import fit_fixed_epochs, latency_tolerance, latency_unit, load_dev, spec_latency
+    from naslung.search.objective import objective_label, score_predictions
     from naslung.train.augment import augment_batch
-    from naslung.train.loop import fit, resolve_device
+    from naslung.train.loop import predict_proba, resolve_device
 
     say = runs.reporter(progress)
     p, sp = params.dnas, params.search
     unit = latency_unit(sp)
-    torch.set_num_threads(max(1, int(params.train.num_threads)))
+    tolerance = latency_tolerance(sp)
+    threads = max(1, int(params.train.num_threads))
+    torch.set_num_threads(threads)  # before any latency is timed
     device = resolve_device(params.train.device)
     out = Path(out_dir)
-    pop_front = read_pop_front(pop_front_path or SearchDir(Path(sp.out_dir)).front, unit)
-    parent = runs.open_search(tracker, p.experiment, search_id, "dnas", params)
+    pop_front = read_pop_front(pop_front_path or SearchDir(Path(sp.out_dir)).front, unit, sp.objective)
+    parent = runs.open_search(
+        tracker, p.experiment, search_id, "dnas", params, tags={"naslung.objective": sp.objective}
+    )
     try:
         t0 = time.perf_counter()
-        dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed)
+        dev = load_dev(str(artifacts), params.prepare.n_folds, sp.fold, params.seed, sp.val_folds)
         (Xw, yw), (Xa, ya) = dnas.split_alpha(dev.train[0], dev.train[1], p.alpha_fraction, params.seed)
         known: dict[str, dict[str, Any]] = {}
         for rec in parent.finished:
@@ -186,7 +199,7 @@ def run_dnas_search(
                 say(f"derived {arch.ref_string()}: reused run {rec.get('run_id')}")
                 records.append(rec)
                 continue
-            lat, lat_detail = spec_latency(arch, sp, params.latency, device, params.model.margin_m)
+            lat, lat_detail = spec_latency(arch, sp, params.latency, device, params.model.margin_m, threads=threads)
             with runs.candidate_run(
                 tracker,
                 parent.run_id,
@@ -194,20 +207,22 @@ def run_dnas_search(
                 search_id=search_id,
                 strategy="dnas",
                 run_name=f"dnas-{arch.spec_id}",
-                params={"epochs": p.retrain_epochs, "seed": params.seed, "device": device, "latency_unit": unit},
+                params={
+                    "epochs": p.retrain_epochs,
+                    "seed": params.seed,
+                    "device": device,
+                    "latency_unit": unit,
+                    "objective": sp.objective,
+                    "val_folds": sp.val_folds,
+                },
             ) as run_id:
-                fitres = fit(
-                    arch,
-                    dev.train,
-                    dev.val,
-                    params.model,
-                    params.train,  # from scratch, all training rows
-                    epochs=p.retrain_epochs,
-                    seed=params.seed,
-                    device=device,
-                    on_epoch=tracker.log_epoch,
+                # from scratch, all training rows, the fixed retrain epochs; final weights scored
+                fitres, checkpoint = fit_fixed_epochs(
+                    arch, dev, params, p.retrain_epochs, device, on_epoch=tracker.log_epoch
                 )
-                vm = {k: float(v) for k, v in fitres.val_metrics.items()}
+                prob = predict_proba(fitres.model, dev.val[0], device)
+                sc = score_predictions(dev.val[1], prob, sp.objective, seed=params.seed)
+                vm = {k: float(v) for k, v in binary_metrics(dev.val[1], prob).items()}
                 rec = {
                     "spec": arch.to_dict(),
                     "spec_id": arch.spec_id,
@@ -215,7 +230,13 @@ def run_dnas_search(
                     "strategy": "dnas",
                     "ops": list(arch.ops),
                     "log_prob": float(logp),
-                    "accuracy": vm["accuracy"],
+                    "objective": sc.objective,
+                    "score": sc.score,
+                    "score_low": sc.score_low,
+                    "score_high": sc.score_high,
+                    "n_val": sc.n_val,
+                    "accuracy": sc.accuracy,
+                    "checkpoint": checkpoint,
                     "latency": float(lat),
                     "latency_unit": unit,
                     "flops": int(lat_detail.get("flops") or _flops(arch)),
@@ -234,12 +255,13 @@ def run_dnas_search(
                 _log_weights(tracker, fitres.model, rec["spec"])
             records.append(rec)
             say(
-                f"derived {arch.ref_string()}: val acc {rec['accuracy']:.3f}, latency {rec['latency']:.3g} "
+                f"derived {arch.ref_string()}: val {sp.objective} {rec['score']:.3f} "
+                f"[{rec['score_low']:.3f}, {rec['score_high']:.3f}], latency {rec['latency']:.3g} "
                 f"{unit}, {rec['n_params']:,} params"
             )
-        front = front_of(records)
-        selected = select_records(records, sp.k_select)
-        best = max(records, key=lambda r: (r["accuracy"], -r["latency"]))
+        front = front_of(records, tolerance)
+        selected = select_records(records, sp.k_select, tolerance)
+        best = max(records, key=lambda r: (r["score"], -r["latency"]))
         summary: dict[str, Any] = {
             "strategy": "dnas",
             "search_id": search_id,
@@ -251,7 +273,11 @@ def run_dnas_search(
             "reused": reused,
             "front_size": len(front),
             "selected": len(selected),
-            "best_accuracy": best["accuracy"],
+            "objective": sp.objective,
+            "best_score": best["score"],
+            "best_score_low": best.get("score_low", math.nan),
+            "best_score_high": best.get("score_high", math.nan),
+            "best_accuracy": best.get("accuracy", math.nan),
             "best_latency": best["latency"],
             "best_n_params": best["n_params"],
             "best_spec": best["ref_string"],
@@ -260,10 +286,13 @@ def run_dnas_search(
             "n_alpha_rows": len(ya),
             "n_weight_rows": len(yw),
             "n_val_rows": len(dev.val[1]),
-            "val_fold": dev.split.val_fold,
+            "val_folds": list(dev.split.val_folds),
             "test_fold": sp.fold,
             "latency_unit": unit,
             "latency_device": device,
+            "latency_tolerance": tolerance,
+            "latency_threads": threads,
+            "latency_batch_size": int(params.latency.batch_sizes[0]),
             "seed": params.seed,
             "epochs": p.epochs,
             "retrain_epochs": p.retrain_epochs,
@@ -271,8 +300,10 @@ def run_dnas_search(
             "pop_front_size": len(pop_front),
             **dict(extra_summary or {}),
         }
-        label = f"latency ({unit.replace('_', ' ')})"
-        files = write_dnas_outputs(out, records, front, selected, summary, label, pop_front)
+        label = latency_axis_label(unit, sp.latency_source, int(params.latency.batch_sizes[0]), threads)
+        files = write_dnas_outputs(
+            out, records, front, selected, summary, label, pop_front, score_label=objective_label(sp.objective)
+        )
         files["dnas"] = out / DNAS_FILE
         files["dnas"].write_text(
             encoding="utf-8",
@@ -296,7 +327,7 @@ def run_dnas_search(
         raise
     say(
         f"done: {summary['trained']} derived model(s) ({reused} reused), front {summary['front_size']}, "
-        f"best {summary['best_spec']} val acc {summary['best_accuracy']:.3f}"
+        f"best {summary['best_spec']} val {sp.objective} {summary['best_score']:.3f}"
     )
     return DnasRunResult(summary, records, front, selected, res.probabilities, files)
 

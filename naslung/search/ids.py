@@ -5,11 +5,13 @@ MLflow parent run is found by id); new data (other bytes in ``manifest.csv`` / `
 the patch store lives) gives a new id, so a search is never resumed onto results of other data.
 
 * POP (``pop-<10 hex>``): the ``search`` section without budget, patience, runner, Dask settings, out_dir,
-  batch_size and k_select (they change how far or how fast the search runs, not a candidate's score), the
+  batch_size, k_select and fill (they change how far or how fast the search runs, or what is selected at
+  the end, not a candidate's score; ``objective``, ``val_folds`` and ``latency_tolerance`` are in), the
   ``model``, ``train`` and ``latency`` sections, the seed, ``prepare.n_folds`` and the data md5s.
-* DNAS (``dnas-<10 hex>``): the ``dnas`` section without out_dir and experiment, ``search.fold`` and
-  ``search.latency_source``, the ``train`` and ``latency`` sections (retraining and latency of the derived
-  models), the seed, ``prepare.n_folds`` and the data md5s.
+* DNAS (``dnas-<10 hex>``): the ``dnas`` section without out_dir and experiment, ``search.fold``,
+  ``search.val_folds``, ``search.objective`` and ``search.latency_source``, the ``train`` and ``latency``
+  sections (retraining, scoring and latency of the derived models), the seed, ``prepare.n_folds`` and the
+  data md5s.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ from typing import Any
 from naslung.lineage import data_identity
 from naslung.params import Params, to_dict
 
-POP_NOT_IN_ID = ("budget", "patience", "runner", "dask_address", "dask_workers", "out_dir", "batch_size", "k_select")
+POP_NOT_IN_ID = (
+    "budget",
+    "patience",
+    "runner",
+    "dask_address",
+    "dask_workers",
+    "out_dir",
+    "batch_size",
+    "k_select",
+    "fill",
+)
 DNAS_NOT_IN_ID = ("out_dir", "experiment")
 
 
@@ -61,6 +73,8 @@ def default_search_id(params: Params, artifacts: str | Path, strategy: str | Non
         blob = {
             "dnas": {k: v for k, v in d["dnas"].items() if k not in DNAS_NOT_IN_ID},
             "fold": d["search"]["fold"],
+            "val_folds": d["search"]["val_folds"],
+            "objective": d["search"]["objective"],
             "latency_source": d["search"]["latency_source"],
             **common,
         }

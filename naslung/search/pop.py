@@ -1,16 +1,21 @@
 """Partial Order Pruning (POP; Li et al., CVPR 2019) as NASLung uses it: the search loop.
 
-Objectives: maximise validation ``accuracy`` (fraction in [0, 1]), minimise ``latency`` (ms per nodule
+Objectives: maximise the validation ``score`` (``search.objective`` — ROC AUC or balanced accuracy on the
+pooled validation folds, in [0, 1]; :mod:`naslung.search.objective`), minimise ``latency`` (ms per nodule
 when measured; any unit, as long as one search uses one unit). Pareto set: trained candidates not
-dominated by another trained candidate (``B`` dominates ``A`` when ``acc(B) >= acc(A)`` and
-``lat(B) <= lat(A)`` with one of them strict; :mod:`naslung.search.pareto`, shared with DNAS).
+dominated by another trained candidate (:func:`naslung.search.pareto.dominates`, shared with DNAS).
 
-Pruning rule. POP assumes ``A ⪯ C`` (:mod:`naslung.search.order`) implies ``acc(A) <= acc(C)``. So for a
-trained ``C`` every untrained ``A ⪯ C`` is at most as accurate as ``C``; if some trained ``B`` is at least as
-accurate as ``C`` (``acc(B) >= acc(C)``) and faster than ``A`` (``lat(B) < lat(A)``), then ``B`` dominates
-``A`` and ``A`` cannot reach the front: it is removed without training. The pair ``(C, B)`` is a pruning
-certificate; for each trained ``C`` the strongest one uses the fastest trained ``B`` with
-``acc(B) >= acc(C)`` (``B = C`` is allowed).
+Latency tolerance ``t`` (``latency_tolerance``; the POP strategy passes ``search.latency_tolerance`` when
+latencies are measured and 0 for ``latency_source: flops``, which is deterministic): ``B`` is *faster*
+than ``A`` only when ``lat(B) < lat(A) * (1 - t)``. Pruning and dominance both use that rule, so a
+latency difference inside the measurement noise never removes a candidate.
+
+Pruning rule. POP assumes ``A ⪯ C`` (:mod:`naslung.search.order`) implies ``score(A) <= score(C)``. So for
+a trained ``C`` every untrained ``A ⪯ C`` scores at most as well as ``C``; if some trained ``B`` scores at
+least as well as ``C`` (``score(B) >= score(C)``) and is faster than ``A`` beyond the tolerance
+(``lat(B) < lat(A) * (1 - t)``), then ``B`` dominates ``A`` and ``A`` cannot reach the front: it is
+removed without training. The pair ``(C, B)`` is a pruning certificate; for each trained ``C`` the
+strongest one uses the fastest trained ``B`` with ``score(B) >= score(C)`` (``B = C`` is allowed).
 
 Laziness. The space can hold ~10^5 members, so pruning is never applied to the whole space. Certificates are
 kept, and every candidate the sampler draws is tested against them; only a candidate that lies under some
@@ -27,7 +32,8 @@ What the counts mean:
 Stopping: the Pareto set (as a set of architectures) unchanged for ``patience`` consecutive iterations,
 ``budget`` candidates trained, or nothing left to sample. Each iteration trains ``batch_size`` candidates
 (``batch_size=1`` is the sequential POP). The sampler is seeded; ``known`` results (read back on resume) are
-reused instead of training, so a resumed search follows the same path and reaches the same front.
+reused instead of training, and ``latency_cache`` holds the latencies measured before, so a resumed search
+follows the same path and reaches the same front.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from naslung.search.order import precedes
-from naslung.search.pareto import dominates, nondominated_layers, pareto_front
+from naslung.search.pareto import dominates, faster, nondominated_layers, pareto_front
 from naslung.search.space import SearchSpace, Stages
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
     "covering",
     "dominates",
     "estimate_covered",
+    "faster",
     "nondominated_layers",
     "pareto_front",
     "prune_check",
@@ -60,10 +67,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Evaluated:
-    """One trained candidate: architecture, validation accuracy, latency and anything else (``info``)."""
+    """One trained candidate: architecture, validation ``score`` (``search.objective``), latency and anything
+    else (``info``: the candidate record, with the score interval and the validation accuracy)."""
 
     stages: Stages
-    accuracy: float
+    score: float
     latency: float
     info: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -82,12 +90,13 @@ class Evaluated:
 
 @dataclass(frozen=True)
 class Certificate:
-    """``upper`` = trained C, ``witness`` = trained B with acc(B) >= acc(C); prunes A ⪯ C with lat(A) > lat(B)."""
+    """``upper`` = trained C, ``witness`` = trained B with score(B) >= score(C); prunes A ⪯ C with
+    lat(B) < lat(A) * (1 - tolerance)."""
 
     upper: Stages
-    upper_accuracy: float
+    upper_score: float
     witness: Stages
-    witness_accuracy: float
+    witness_score: float
     witness_latency: float
 
 
@@ -113,17 +122,18 @@ class PopResult:
     reused: int
     latency_cache: dict[Stages, float]
     certificates: list[Certificate]
+    latency_tolerance: float = 0.0
 
 
 def build_certificates(trained: Sequence[Evaluated]) -> list[Certificate]:
-    """One certificate per trained C, with the fastest trained B such that acc(B) >= acc(C)."""
+    """One certificate per trained C, with the fastest trained B such that score(B) >= score(C)."""
     certs = []
     for c in trained:
         b = min(
-            (x for x in trained if x.accuracy >= c.accuracy),
-            key=lambda x: (x.latency, -x.accuracy, x.stages),
+            (x for x in trained if x.score >= c.score),
+            key=lambda x: (x.latency, -x.score, x.stages),
         )
-        certs.append(Certificate(c.stages, c.accuracy, b.stages, b.accuracy, b.latency))
+        certs.append(Certificate(c.stages, c.score, b.stages, b.score, b.latency))
     return certs
 
 
@@ -132,13 +142,16 @@ def covering(a: Stages, certs: Sequence[Certificate]) -> list[Certificate]:
     return [c for c in certs if precedes(a, c.upper)]
 
 
-def prune_check(a: Stages, certs: Sequence[Certificate], latency_of: Callable[[Stages], float]) -> Certificate | None:
-    """The certificate that prunes ``a`` (A ⪯ C and lat(A) > lat(B)), or None. Latency asked only if covered."""
+def prune_check(
+    a: Stages, certs: Sequence[Certificate], latency_of: Callable[[Stages], float], tolerance: float = 0.0
+) -> Certificate | None:
+    """The certificate that prunes ``a`` (A ⪯ C and lat(B) < lat(A) * (1 - tolerance)), or None. The latency
+    of ``a`` is asked only when some certificate covers it."""
     cov = covering(a, certs)
     if not cov:
         return None
     best = min(cov, key=lambda c: (c.witness_latency, c.upper))
-    return best if latency_of(a) > best.witness_latency else None
+    return best if faster(best.witness_latency, latency_of(a), tolerance) else None
 
 
 def estimate_covered(
@@ -196,13 +209,17 @@ def run_pop(
     exhaustive_below: int = 5000,
     max_draws: int = 200_000,
     prune: bool = True,
+    latency_tolerance: float = 0.0,
 ) -> PopResult:
     """Run POP. ``evaluate(batch)`` trains the batch (possibly in parallel) and returns one record each, in order.
 
     ``latency_of(stages)`` gives the latency of an untrained member (only called for candidates under a
     certificate; cached). ``known`` maps architectures to finished results reused without training.
-    ``prune=False`` gives the random-search baseline (same sampler, no pruning).
+    ``prune=False`` gives the random-search baseline (same sampler, no pruning). ``latency_tolerance``:
+    relative tolerance of "faster" in pruning and in the front (module docstring).
     """
+    if latency_tolerance < 0 or latency_tolerance >= 1:
+        raise ValueError(f"run_pop: latency_tolerance must be in [0, 1), got {latency_tolerance}")
     if budget < 1 or batch_size < 1 or patience < 1:
         raise ValueError(
             f"run_pop: budget, batch_size and patience must be >= 1 (got {budget}, {batch_size}, {patience})"
@@ -216,7 +233,7 @@ def run_pop(
         return lat_cache[s]
 
     sampler = _Sampler(space, seed, exhaustive_below, max_draws)
-    result = PopResult([], [], {}, [], "", 0, lat_cache, [])
+    result = PopResult([], [], {}, [], "", 0, lat_cache, [], latency_tolerance)
     trained_keys: set[Stages] = set()
     front_keys: frozenset[Stages] = frozenset()
     stable = 0
@@ -230,7 +247,7 @@ def run_pop(
             pick = sampler.draw(lambda m: m in trained_keys or m in result.pruned or m in in_batch)  # noqa: B023
             if pick is None:
                 break
-            cert = prune_check(pick, result.certificates, cached_latency) if prune else None
+            cert = prune_check(pick, result.certificates, cached_latency, latency_tolerance) if prune else None
             if cert is not None:
                 result.pruned[pick] = cert
                 pruned_now += 1
@@ -249,7 +266,7 @@ def run_pop(
             result.trained.append(rec)
             trained_keys.add(s)
             lat_cache.setdefault(s, rec.latency)
-        result.front = pareto_front(result.trained)
+        result.front = pareto_front(result.trained, latency_tolerance)
         keys = frozenset(e.stages for e in result.front)
         changed = keys != front_keys
         stable = 0 if changed else stable + 1

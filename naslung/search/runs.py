@@ -8,13 +8,17 @@ resumed search reads back.
   iteration (POP) or supernet epoch (DNAS) with step; at the end the numeric summary values, tag
   ``naslung.stop_reason`` and the output files under ``search/``.
 * One nested run per trained candidate (``naslung.role = candidate``): params ``spec`` (reference string),
-  ``spec_json``, ``spec_id``, ``epochs``, ``seed``, ``device``, ``latency_unit``, ``search_id``,
-  ``strategy`` (POP adds ``depths``); per-epoch curves while it trains (step = epoch); then metrics
-  ``accuracy`` (validation), ``latency``, ``flops``, ``n_params``, ``train_seconds``, ``best_epoch``,
-  ``best_val_<m>`` (POP adds ``train_started_at`` / ``train_finished_at``, DNAS ``log_prob``) and the
-  artifact ``candidate.json`` (the full record).
+  ``spec_json``, ``spec_id``, ``epochs``, ``seed``, ``device``, ``latency_unit``, ``objective``,
+  ``val_folds``, ``search_id``, ``strategy`` (POP adds ``depths``); per-epoch curves while it trains
+  (step = epoch); then metrics ``score`` with ``score_low`` / ``score_high`` (``search.objective`` on the
+  pooled validation folds, 95 % bootstrap interval), ``accuracy`` (validation, for information),
+  ``n_val``, ``latency``, ``flops``, ``n_params``, ``train_seconds``, ``best_epoch``, ``best_val_<m>``
+  (the validation metrics of the scored weights; POP adds ``train_started_at`` / ``train_finished_at``,
+  DNAS ``log_prob``), tags ``naslung.objective`` and ``naslung.checkpoint`` (which weights were scored) and
+  the artifact ``candidate.json`` (the full record, latency detail included).
 * Resume (:func:`open_search`): the same search id reopens the parent, closes candidate runs a killed search
-  left RUNNING as KILLED and reads the FINISHED ones back as records (:func:`finished_records`).
+  left RUNNING as KILLED and reads the FINISHED ones back as records: their ``candidate.json`` when
+  present (exact, with the latency detail), else rebuilt from params and metrics.
 """
 
 from __future__ import annotations
@@ -34,7 +38,19 @@ ROLE_TAG = "naslung.role"
 STRATEGY_TAG = "naslung.strategy"
 CANDIDATE_FILE = "candidate.json"
 
-_RESULT_METRICS = ("accuracy", "latency", "flops", "n_params", "train_seconds", "best_epoch", "log_prob")
+_RESULT_METRICS = (
+    "score",
+    "score_low",
+    "score_high",
+    "accuracy",
+    "n_val",
+    "latency",
+    "flops",
+    "n_params",
+    "train_seconds",
+    "best_epoch",
+    "log_prob",
+)
 
 
 @dataclass(frozen=True)
@@ -76,14 +92,22 @@ def open_search(
     stale = tracker.children(run_id, "RUNNING")
     for run in stale:
         tracker.end_run(run.run_id, "KILLED")
-    finished = [r for r in (_record(run) for run in tracker.children(run_id, "FINISHED")) if r is not None]
+    finished = [r for r in (_read_back(tracker, run) for run in tracker.children(run_id, "FINISHED")) if r is not None]
     return SearchRun(run_id, resumed, len(stale), finished)
+
+
+def _read_back(tracker: Tracker, run: RunRecord) -> dict[str, Any] | None:
+    """A finished candidate's record: its ``candidate.json`` when it holds a score, else :func:`_record`."""
+    full = tracker.load_dict(run.run_id, CANDIDATE_FILE)
+    if isinstance(full, dict) and "score" in full and "spec" in full:
+        return {**full, "run_id": run.run_id}
+    return _record(run)
 
 
 def _record(run: RunRecord) -> dict[str, Any] | None:
     """A candidate record rebuilt from a FINISHED candidate run (None for a run that is not one)."""
     p, m = run.params, run.metrics
-    if "spec_json" not in p or "accuracy" not in m:
+    if "spec_json" not in p or "score" not in m:
         return None
     spec = json.loads(p["spec_json"])
     rec: dict[str, Any] = {"spec": spec, "spec_id": p["spec_id"], "ref_string": p.get("spec", "")}
@@ -92,7 +116,13 @@ def _record(run: RunRecord) -> dict[str, Any] | None:
     else:
         rec["stages"] = spec["stages"]
     rec.update(
-        accuracy=m["accuracy"],
+        objective=run.tags.get("naslung.objective", p.get("objective", "")),
+        score=m["score"],
+        score_low=m.get("score_low", float("nan")),
+        score_high=m.get("score_high", float("nan")),
+        accuracy=m.get("accuracy", float("nan")),
+        n_val=int(m.get("n_val", 0)),
+        checkpoint=run.tags.get("naslung.checkpoint", ""),
         latency=m["latency"],
         latency_unit=p.get("latency_unit", ""),
         flops=int(m.get("flops", 0)),
@@ -151,6 +181,9 @@ def log_candidate_result(tracker: Tracker, record: Mapping[str, Any]) -> None:
         metrics.update(train_started_at=float(record["started_at"]), train_finished_at=float(record["finished_at"]))
     tracker.log_metrics(metrics)
     tracker.log_metrics(record["val_metrics"], prefix="best_val_")
+    tags = {f"naslung.{k}": str(record[k]) for k in ("objective", "checkpoint") if k in record}
+    if tags:
+        tracker.set_tags(tags)
     tracker.log_dict(dict(record), CANDIDATE_FILE)
 
 

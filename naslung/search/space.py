@@ -13,6 +13,12 @@ Constraints (``S = L + M + N`` is the total number of blocks, ``L, M, N`` the de
 * ``monotone``: widths never decrease along the network, across stage boundaries too; with
   ``stem_in_monotone`` the first block is also no narrower than the stem's last width.
 
+One-step neighbours (:meth:`SearchSpace.neighbours`, used to fill a selection to ``search.k_select``): the
+members reached by one *width step* (one block moved to the next wider or next narrower width of
+:attr:`SearchSpace.block_widths`), one *block removed* (any block of any stage) or one *block added* (a block
+of any allowed width inserted at any position of one stage), keeping only results inside the space (depths,
+eq. 5, monotone widths).
+
 Counting is exact and never materialises members: for one depth triple the number of width sequences of
 length ``S`` over ``w`` allowed widths is ``w**S`` (free) or ``C(S + w - 1, S)`` (non-decreasing:
 multisets of size ``S``), and the space size is the sum over the admissible depth triples.
@@ -165,6 +171,32 @@ class SearchSpace:
         else:
             seq = tuple(rng.choice(bw) for _ in range(s))
         return split(seq, d)
+
+    # ---- neighbourhood ---------------------------------------------------------------------------
+    def neighbours(self, stages: Stages) -> list[Stages]:
+        """One-step neighbours of ``stages`` inside the space (see the module docstring), sorted, without
+        ``stages`` itself."""
+        bw = self.block_widths
+        pos = {w: i for i, w in enumerate(bw)}
+        parts = [list(st) for st in stages]
+        out: set[Stages] = set()
+
+        def emit(new: list[list[int]]) -> None:
+            cand = cast(Stages, tuple(tuple(st) for st in new))
+            if cand != stages and cand in self:
+                out.add(cand)
+
+        for si, st in enumerate(parts):
+            for bi, w in enumerate(st):
+                for step in (-1, 1):
+                    j = pos.get(w, -10) + step
+                    if 0 <= j < len(bw):
+                        emit([*parts[:si], [*st[:bi], bw[j], *st[bi + 1 :]], *parts[si + 1 :]])
+                emit([*parts[:si], st[:bi] + st[bi + 1 :], *parts[si + 1 :]])
+            for bi in range(len(st) + 1):
+                for w in bw:
+                    emit([*parts[:si], [*st[:bi], w, *st[bi:]], *parts[si + 1 :]])
+        return sorted(out)
 
     # ---- conversion ------------------------------------------------------------------------------
     def to_spec(self, stages: Stages) -> ArchSpec:

@@ -8,6 +8,12 @@ Model selection: by ``train_params.select_by`` (default validation ROC AUC, ties
 lower validation loss; see :func:`selection_key`). Training stops after ``train_params.patience`` epochs without a
 better epoch, and the returned model carries the weights of the best epoch.
 
+A-Softmax margin: the loss's λ schedule is planned over the run before training
+(``epochs × steps_per_epoch(n_train, batch_size)`` optimiser steps, :meth:`~naslung.models.asoftmax.ASoftmaxLoss.plan`),
+so λ reaches ``model.lambda_min`` at ``model.lambda_floor_at`` of the planned epochs whatever their number;
+each history row logs ``lambda`` and ``margin_weight`` = 1 / (1 + λ) after that epoch's steps (NaN for a
+linear head). Early stopping ends a run before its plan: the plan follows the maximum epochs.
+
 Determinism: with the same seed, data and device, two CPU fits give bitwise identical weights (weights are
 initialised after ``torch.manual_seed(seed)``; shuffling and augmentation use a private generator).
 """
@@ -129,6 +135,17 @@ def _evaluate(
     return total / X.shape[0], torch.cat(probs).numpy()
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps of one :func:`fit` epoch over ``n_train`` samples: ``ceil(n_train / batch_size)``, less
+    a trailing batch of one sample, which the loop skips (BatchNorm needs 2+ samples)."""
+    if n_train < 1 or batch_size < 1:
+        raise ValueError(f"steps_per_epoch: n_train and batch_size must be >= 1, got {n_train}, {batch_size}")
+    steps = math.ceil(n_train / batch_size)
+    if n_train >= 2 and n_train % batch_size == 1:
+        steps -= 1
+    return steps
+
+
 def selection_key(m: dict[str, float], select_by: str = "auc") -> tuple[float, float, float]:
     """Order of epochs for model selection (higher is better).
 
@@ -157,6 +174,7 @@ def fit(
     device: str = "cpu",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = False,
+    keep: str = "best",
 ) -> FitResult:
     """Train ``spec`` on ``train`` with early stopping on ``val``; return the best-on-val model.
 
@@ -167,10 +185,17 @@ def fit(
 
     ``epochs`` defaults to ``train_params.epochs``. ``on_epoch`` is called with each history row
     (epoch, train_loss, val_loss, val_accuracy, val_sensitivity, val_specificity, val_f1, val_auc,
-    lambda, lr, seconds). ``device``: ``cpu``, ``cuda`` or ``auto``.
+    lambda, margin_weight, lr, seconds). The loss's λ schedule is planned over
+    ``epochs × steps_per_epoch(n_train, batch_size)`` optimiser steps. ``device``: ``cpu``, ``cuda`` or ``auto``.
+
+    ``keep``: ``"best"`` (default) returns the best-on-validation epoch's weights; ``"last"`` the last epoch's
+    (``best_epoch`` and ``val_metrics`` then describe that last epoch; early stopping still applies, so pair it
+    with a ``patience`` >= ``epochs`` for a fixed-length run).
     """
     if isinstance(train, DevData) or isinstance(val, DevData):
         raise TypeError("fit: pass dev.train and dev.val (or use fit_dev)")
+    if keep not in ("best", "last"):
+        raise ValueError(f"fit: keep must be 'best' or 'last', got {keep!r}")
     Xtr, ytr = _as_tensors(train, "training")
     Xva, yva = _as_tensors(val, "validation")
     device = resolve_device(device)
@@ -181,7 +206,7 @@ def fit(
 
     torch.manual_seed(seed)
     model = build(spec, margin_m=model_params.margin_m).to(device)
-    loss_fn = build_loss(spec, model_params).to(device)
+    loss_fn = build_loss(spec, model_params, total_steps=n_epochs * steps_per_epoch(Xtr.shape[0], bs)).to(device)
     opt = torch.optim.Adam(
         model.parameters(),
         lr=train_params.lr,
@@ -239,6 +264,7 @@ def fit(
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in vm.items()},
             "lambda": float(getattr(loss_fn, "lam", math.nan)),
+            "margin_weight": float(getattr(loss_fn, "margin_weight", math.nan)),
             "lr": float(opt.param_groups[0]["lr"]),
             "seconds": time.perf_counter() - t0,
         }
@@ -257,6 +283,9 @@ def fit(
         if since_best >= train_params.patience:
             break
     bar.close()
+    if keep == "last":
+        best_epoch, best_row = len(history), history[-1]
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()

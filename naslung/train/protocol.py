@@ -1,7 +1,7 @@
 """Honest evaluation protocol: the test fold is held out from training *and* from model selection.
 
-For a test fold ``k`` (patient-level folds from the patch store), :func:`make_split` carves one
-validation fold out of the remaining folds (seeded). Everything that trains or selects — epochs, early
+For a test fold ``k`` (patient-level folds from the patch store), :func:`make_split` carves
+validation folds out of the remaining folds (seeded). Everything that trains or selects — epochs, early
 stopping, the best checkpoint, search candidates — receives a :class:`DevData` (train + validation
 arrays only). The test fold is reachable only through a :class:`HeldOutTest`:
 
@@ -36,32 +36,37 @@ class _Store(Protocol):  # the part of naslung.data.store.PatchStore used here
 
 @dataclass(frozen=True)
 class FoldSplit:
-    """Fold numbers of one evaluation split: train folds, one validation fold, one test fold."""
+    """Fold numbers of one evaluation split: train folds, validation folds (pooled), one test fold."""
 
     train_folds: tuple[int, ...]
-    val_fold: int
+    val_folds: tuple[int, ...]
     test_fold: int
 
     def __post_init__(self) -> None:
-        if self.test_fold in self.train_folds or self.val_fold in self.train_folds:
+        if not self.val_folds:
+            raise ProtocolError(f"split has no validation fold: {self}")
+        if self.test_fold in self.train_folds or set(self.val_folds) & set(self.train_folds):
             raise ProtocolError(f"split overlaps: {self}")
-        if self.val_fold == self.test_fold:
-            raise ProtocolError(f"validation fold equals test fold: {self}")
+        if self.test_fold in self.val_folds:
+            raise ProtocolError(f"validation folds include the test fold: {self}")
 
 
-def make_split(n_folds: int, test_fold: int, seed: int) -> FoldSplit:
-    """Split folds ``0..n_folds-1``: ``test_fold`` held out, a seeded validation fold from the rest.
+def make_split(n_folds: int, test_fold: int, seed: int, n_val: int = 1) -> FoldSplit:
+    """Split folds ``0..n_folds-1``: ``test_fold`` held out, ``n_val`` seeded validation folds from the rest.
 
-    The validation fold is drawn with ``numpy.random.default_rng([seed, test_fold])`` from the other
-    folds, so it is stable for a (seed, test fold) pair; all remaining folds are training folds.
+    The validation folds are drawn (without replacement) with ``numpy.random.default_rng([seed, test_fold])``
+    from the other folds, so they are stable for a (seed, test fold, n_val) triple; all remaining folds are
+    training folds. Folds are patient-level, so pooled validation folds never share a patient with training.
     """
     if n_folds < 3:
         raise ValueError(f"make_split: need at least 3 folds (train, validation, test), got {n_folds}")
     if not 0 <= test_fold < n_folds:
         raise ValueError(f"make_split: test fold {test_fold} is not in 0..{n_folds - 1}")
+    if not 1 <= n_val <= n_folds - 2:
+        raise ValueError(f"make_split: {n_val} validation folds leave no training fold out of {n_folds}")
     others = [f for f in range(n_folds) if f != test_fold]
-    val = int(np.random.default_rng([seed, test_fold]).choice(others))
-    return FoldSplit(tuple(f for f in others if f != val), val, test_fold)
+    val = sorted(int(v) for v in np.random.default_rng([seed, test_fold]).choice(others, size=n_val, replace=False))
+    return FoldSplit(tuple(f for f in others if f not in val), tuple(val), test_fold)
 
 
 # --- sealing of held-out rows -------------------------------------------------------------------------
@@ -213,10 +218,13 @@ def open_split(store: _Store, split: FoldSplit) -> tuple[DevData, HeldOutTest]:
 
 
 def dev_data(store: _Store, split: FoldSplit) -> DevData:
-    """Training (``split.train_folds``) and validation (``split.val_fold``) arrays of ``store``."""
+    """Training (``split.train_folds``) and validation (``split.val_folds``, pooled) arrays of ``store``."""
     Xt, yt, idt = store.arrays(list(split.train_folds))
-    Xv, yv, idv = store.arrays([split.val_fold])
-    for name, y in (("training folds " + str(list(split.train_folds)), yt), (f"validation fold {split.val_fold}", yv)):
+    Xv, yv, idv = store.arrays(list(split.val_folds))
+    for name, y in (
+        ("training folds " + str(list(split.train_folds)), yt),
+        (f"validation folds {list(split.val_folds)}", yv),
+    ):
         if len(y) == 0:
             raise ValueError(f"dev_data: the {name} hold no nodules")
     return DevData(split, (Xt, yt), (Xv, yv), tuple(idt), tuple(idv))

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from naslung.artifact_paths import ArtifactsDir
+from naslung.baselines import compare_folds, comparison_metrics, fold_baselines
 from naslung.data.baseline import diameter_baseline_folds
 from naslung.features import davies_bouldin, table_markdown, tsne_embedding
 from naslung.latency import measure_batches
@@ -70,22 +71,29 @@ class TrainingOutcome:
         }
 
 
-def resolve_spec(spec: str | ArchSpec, head: str | None = None, cbam: bool | None = None) -> ArchSpec:
-    """ArchSpec from a spec string (reference or bare list form); ``head``/``cbam`` override its flags."""
+def resolve_spec(
+    spec: str | ArchSpec, head: str | None = None, cbam: bool | None = None, block: str | None = None
+) -> ArchSpec:
+    """ArchSpec from a spec string (reference or bare list form); ``head``/``cbam``/``block`` override its
+    flags and residual-block variant (``"paper"`` | ``"reference"``)."""
     s = spec if isinstance(spec, ArchSpec) else ArchSpec.parse(spec)
     changes: dict[str, Any] = {}
     if head is not None:
         changes["head"] = head
     if cbam is not None:
         changes["cbam"] = cbam
+    if block is not None:
+        changes["block"] = block
     return dataclasses.replace(s, **changes) if changes else s
 
 
-def default_spec(params: Params, head: str | None = None, cbam: bool | None = None) -> ArchSpec:
-    """The spec of ``params.model`` (string + flags), with optional overrides."""
-    return resolve_spec(
-        ArchSpec.parse(params.model.spec, cbam=params.model.cbam, head=params.model.head), head=head, cbam=cbam
-    )
+def default_spec(
+    params: Params, head: str | None = None, cbam: bool | None = None, block: str | None = None
+) -> ArchSpec:
+    """The spec of ``params.model`` (string + flags; ``model.block`` unless the string has a ``ref-`` marker),
+    with optional overrides."""
+    parsed = ArchSpec.parse(params.model.spec, cbam=params.model.cbam, head=params.model.head, block=params.model.block)
+    return resolve_spec(parsed, head=head, cbam=cbam, block=block)
 
 
 def _open_store(params: Params, artifacts: str | Path | None) -> Any:
@@ -102,7 +110,7 @@ def _run_params(params: Params, spec: AnySpec, split: FoldSplit, seed: int, epoc
         "loss": "asoftmax" if spec.head == "asoftmax" else "softmax",
         "cbam": spec.cbam,
         "fold": split.test_fold,
-        "val_fold": split.val_fold,
+        "val_folds": list(split.val_folds),
         "train_folds": list(split.train_folds),
         "seed": seed,
         "epochs_max": epochs,
@@ -141,7 +149,7 @@ def run_training(
     dev_seed = params.seed if seed is None else seed
     n_epochs = params.train.epochs if epochs is None else epochs
     device = resolve_device(device or params.train.device)
-    split = make_split(params.prepare.n_folds, fold, params.seed)
+    split = make_split(params.prepare.n_folds, fold, params.seed, params.train.val_folds)
 
     tracker = tracker or NULL_TRACKER
     tracker.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
@@ -212,10 +220,11 @@ def _log_outcome(tracker: Tracker, out: TrainingOutcome, params: Params) -> None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) of the finite values; the std is nan for one value (no spread measured)."""
     a = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if a.size == 0:
         return math.nan, math.nan
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
 
 
 def run_cv(
@@ -228,16 +237,24 @@ def run_cv(
     artifacts: str | Path | None = None,
     tracker: Tracker | None = None,
     progress: bool = True,
+    n_boot: int = 2000,
 ) -> dict[str, Any]:
-    """:func:`run_training` for each test fold; fold-wise and mean ± std (sample std) test metrics.
+    """:func:`run_training` for each test fold; fold-wise and mean ± std (sample std; nan for one fold) test
+    metrics, and the model beside the two baselines of :mod:`naslung.baselines` on the same test folds.
 
     Writes ``<artifacts>/cv_<spec_id>.json``; the fold runs are nested under a parent run that carries the
-    flattened configuration and the mean/std metrics. The diameter-only baseline of ``prepare_metrics.json``
-    is copied in when present, for comparison.
+    flattened configuration, the mean/std metrics and the comparison's figures (pooled: ``model_*``,
+    ``diameter_*``, ``voxel_stats_*`` with ``_low``/``_high`` bootstrap bounds, ``p_accuracy_vs_*``
+    (McNemar), ``p_auc_vs_*`` (paired bootstrap); per fold the same with prefix ``fold<k>_``). The baselines
+    of test fold k are fitted on every other fold (the model's training and validation folds) and scored on
+    fold k's rows in the model's row order; ``comparison`` holds the intervals (``n_boot`` stratified
+    resamples, 95 %) and paired tests, pooled over the test folds and per fold. The all-data diameter
+    baseline of ``prepare_metrics.json`` is kept as ``prepare_metrics_baseline`` for reference only.
     """
     root = Path(artifacts or params.paths.artifacts)
     store = _open_store(params, root)
     rows: list[dict[str, Any]] = []
+    tests: dict[int, EvalResult] = {}
     tracker = tracker or NULL_TRACKER
     tracker.configure(params.mlflow_uri, params.train.experiment, params.paths.mlflow_artifacts)
     parent = tracker.training_run(
@@ -267,6 +284,7 @@ def run_cv(
                 store=store,
             )
             rows.append({"fold": fold, **out.summary()})
+            tests[int(fold)] = out.test
             if progress:  # one line per finished fold, so a long cross-validation shows where it stands
                 t = out.test.metrics
                 print(
@@ -291,16 +309,34 @@ def run_cv(
             summary["prepare_metrics_baseline"] = json.loads(pm.read_text(encoding="utf-8")).get("diameter_baseline")
         # The fair comparison: threshold fitted on the non-test folds, scored on the same test folds.
         summary["diameter_baseline_folds"] = diameter_baseline_folds(store.manifest, list(folds))
+        summary["comparison"] = _cv_comparison(params, store, tests, n_boot)
         tracker.log_metrics({f"test_{k}_mean": v["mean"] for k, v in agg.items()})
         tracker.log_metrics({f"test_{k}_std": v["std"] for k, v in agg.items()})
+        tracker.log_metrics(comparison_metrics(summary["comparison"], "model"))
         tracker.log_dict(summary, "cv.json")
     root.mkdir(parents=True, exist_ok=True)
     (root / f"cv_{spec.spec_id}.json").write_text(encoding="utf-8", data=json.dumps(summary, indent=1, default=float))
     return summary
 
 
+def _cv_comparison(params: Params, store: Any, tests: dict[int, EvalResult], n_boot: int) -> dict[str, Any]:
+    """The model (decision ``prob >= 0.5``, score ``prob``) beside both baselines on each test fold's rows."""
+    hu = (float(params.prepare.hu_window[0]), float(params.prepare.hu_window[1]))
+    ids = {f: np.asarray(t.ids).astype(str) for f, t in tests.items()}
+    bases = fold_baselines(store.manifest, store.patches, ids, hu_window=hu)
+    scored = {
+        f: (np.asarray(t.y), np.asarray(t.prob, np.float64), (np.asarray(t.prob) >= 0.5).astype(np.int64))
+        for f, t in tests.items()
+    }
+    return compare_folds(scored, bases, n_boot=n_boot, seed=params.seed)
+
+
 def cv_table(summary: dict[str, Any]) -> str:
-    """Plain-text table of fold-wise test metrics plus a mean ± std line."""
+    """Plain-text table of fold-wise test metrics, a mean ± std line (mean only for one fold: no spread was
+    measured) and, when the summary has a ``comparison``, the pooled figures with 95 % bootstrap intervals
+    beside both baselines and the paired tests (per fold too when there are several)."""
+    from naslung.baselines import comparison_text
+
     head = f"{'fold':>4} " + " ".join(f"{n:>11}" for n in METRIC_NAMES) + f" {'best_ep':>7}"
     lines = [head]
     for r in summary["folds"]:
@@ -308,7 +344,15 @@ def cv_table(summary: dict[str, Any]) -> str:
             f"{r['fold']:>4} " + " ".join(f"{r['test'][n]:>11.3f}" for n in METRIC_NAMES) + f" {r['best_epoch']:>7}"
         )
     agg = summary["test_mean_std"]
-    lines.append(f"{'mean':>4} " + " ".join(f"{agg[n]['mean']:>5.3f}±{agg[n]['std']:<5.3f}" for n in METRIC_NAMES))
+
+    def cell(ms: dict[str, float]) -> str:
+        std = ms.get("std", math.nan)
+        return f"{ms['mean']:>11.3f}" if std is None or math.isnan(std) else f"{ms['mean']:>5.3f}±{std:<5.3f}"
+
+    lines.append(f"{'mean':>4} " + " ".join(cell(agg[n]) for n in METRIC_NAMES))
+    if summary.get("comparison"):
+        lines.append("")
+        lines.append(comparison_text(summary["comparison"], [r["fold"] for r in summary["folds"]], "model"))
     return "\n".join(lines)
 
 

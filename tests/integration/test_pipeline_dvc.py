@@ -64,8 +64,50 @@ def test_dvc_repro_in_a_fresh_repo(tmp_path: Path) -> None:
     out = _run(["dvc", "repro"], work)
     assert "Running stage" not in out, out
 
+    # metrics are committed to git (cache: false), so `dvc metrics diff HEAD` compares with the last commit
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    _run(["git", "add", "-A"], work)
+    _run([*git, "commit", "-q", "-m", "repro"], work)
     params["validate"]["class_fraction"] = [0.05, 0.95]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(["dvc", "repro"], work)
     assert "Running stage 'validate'" in out
     assert "Running stage 'prepare'" not in out
+    diff = _run(["dvc", "params", "diff", "HEAD"], work)
+    assert "validate.class_fraction" in diff, diff
+    _run(["dvc", "metrics", "diff", "HEAD", "--all"], work)  # runs against HEAD's committed metrics
+    assert "prepare_metrics.json" in _run(["dvc", "metrics", "show"], work)
+
+
+@pytest.mark.slow
+def test_dvc_push_then_pull_into_a_fresh_clone(tmp_path: Path) -> None:
+    """The project's default remote (``.dvc/config``: a folder beside the repository) works out of the box:
+    push from one clone, pull into another in the same parent folder, files byte-identical."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    work = tmp_path / "repo"
+    work.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synth"]["n_scans"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    _run(["git", "init", "-q"], work)
+    _run(["dvc", "init", "-q"], work)
+    shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")  # the project's remote, as committed
+    _run(["naslung", "data", "synth"], work)
+    _run(["dvc", "add", "data"], work)
+    _run(["git", "add", "-A"], work)
+    _run([*git, "commit", "-q", "-m", "data"], work)
+    out = _run(["dvc", "push"], work)
+    remote = tmp_path / "naslung-dvc-remote"
+    assert remote.is_dir() and any(remote.rglob("*")), out
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(work), str(clone)], tmp_path)
+    assert not (clone / "data").exists()
+    _run(["dvc", "pull"], clone)
+    original = sorted(p.relative_to(work / "data") for p in (work / "data").rglob("*") if p.is_file())
+    restored = sorted(p.relative_to(clone / "data") for p in (clone / "data").rglob("*") if p.is_file())
+    assert original == restored and original
+    for rel in original:
+        assert (clone / "data" / rel).read_bytes() == (work / "data" / rel).read_bytes(), rel

@@ -2,7 +2,8 @@
 serve`` in a subprocess, runs triggered through the Prefect API, new model versions checked in MLflow.
 
 The second run must reuse every cached member (no member file is rewritten) and still register a new
-version; the gate then promotes it (same F1, within tolerance) and keeps the first as ``previous``.
+version; the gate then promotes it (the same validation figures, within tolerance of the champion's) and
+keeps the first as ``previous``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,13 @@ async def _deployment_schedules(url: str, deployment: str) -> list[str]:
 def test_served_retrain_deployment_registers_new_versions(tmp_path: Path, prefect_api) -> None:
     url, env = prefect_api
     name = f"naslung-retrain-{uuid.uuid4().hex[:6]}"
-    params_path = make_project(tmp_path / "project", folds=[1], registry_name=name)
+    # The gate's floors and baselines are tested in tests/unit/test_gate.py and test_registry.py; on this toy
+    # store the voxel-statistics baseline is perfect (a bright core), so here they are relaxed and the gate
+    # decides by the constant predictor and the champion comparison (same validation rows: v2 = v1's figures).
+    relaxed = {"baseline_margin": -1.0, "min_auc": 0.0, "min_sensitivity": 0.0, "min_specificity": 0.0}
+    params_path = make_project(
+        tmp_path / "project", folds=[1], registry_name=name, extra={"registry": relaxed, "ensemble": {"epochs": 3}}
+    )
     params = load_params(params_path)
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     serve_env = {

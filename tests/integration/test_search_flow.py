@@ -1,8 +1,8 @@
 """The `search` Prefect flow for real: a killed search resumes from MLflow; a Dask run trains in parallel.
 
-Tiny synthetic patch store (32 nodules, 4 folds), widths {4, 8}, at most 4 blocks (19 architectures),
-1 epoch per candidate, latency_source=flops (a deterministic latency, so fronts can be compared exactly;
-no timed asserts).
+Tiny synthetic patch store (32 nodules, 4 folds, both classes in each), widths {4, 8}, at most 4 blocks
+(19 architectures), 1 epoch per candidate, scored by AUC on 2 pooled validation folds, latency_source=flops
+(a deterministic latency, so fronts can be compared exactly; no timed asserts).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _write_store(root: Path, n_per_fold: int = 8, n_folds: int = 4) -> None:
             "reader_scores": "4;4" if labels[i] else "1;2",
             "mean_score": 4.0 if labels[i] else 1.5,
             "label": int(labels[i]),
-            "fold": i % n_folds,
+            "fold": (i // 2) % n_folds,  # a patient's pair of nodules in one fold; both classes per fold
             "scan_path": "synthetic",
             "patch_index": i,
         }
@@ -76,6 +76,7 @@ def _params_file(tmp: Path, experiment: str, **search: object) -> Path:
             "runner": "local",
             "latency_source": "flops",
             "fold": 1,
+            "val_folds": 2,
             "k_select": 3,
             "experiment": experiment,
         }
@@ -116,7 +117,10 @@ def _children(experiment: str, search_id: str, status: str | None = "FINISHED") 
 
 
 def _front(out: Path) -> list[tuple[str, float, float]]:
-    return [(e["spec_id"], e["accuracy"], e["latency"]) for e in json.loads((out / "front.json").read_text())]
+    return [
+        (e["spec_id"], e["score"], e["score_low"], e["score_high"], e["latency"])
+        for e in json.loads((out / "front.json").read_text())
+    ]
 
 
 @pytest.mark.slow
@@ -171,6 +175,8 @@ def test_killed_search_resumes_without_retraining(tmp_path: Path, store: Path, h
     assert set(before) <= {r.run_id for r in after}  # finished runs kept, not redone
     assert summary["reused"] == len(before) and summary["trained_this_run"] == params.search.budget - len(before)
     assert _children(experiment, sid, "RUNNING") == []
+    # every latency the killed run computed was persisted: the resume computes only the new candidates'
+    assert summary["latency_measured_this_run"] <= summary["latency_cached"] - len(before)
 
     out_b = tmp_path / "b"
     full = run_search(params, "full-" + uuid.uuid4().hex[:6], str(store), str(out_b), progress=False)
@@ -181,7 +187,17 @@ def test_killed_search_resumes_without_retraining(tmp_path: Path, store: Path, h
     }
     s = json.loads((out_a / "summary.json").read_text())
     assert s["space_size"] == 19 and s["fraction_trained"] == pytest.approx(4 / 19)
+    assert s["objective"] == "auc" and s["val_folds"] == 2 and s["n_val"] == 16
+    assert s["selected"] == params.search.k_select  # filled with untrained neighbours when the front is short
+    selected = json.loads((out_a / "selected.json").read_text())
+    assert len(selected) == params.search.k_select
+    for e in selected:
+        if e["trained"]:
+            assert e["score_low"] <= e["score"] <= e["score_high"] and e["objective"] == "auc"
+        else:
+            assert e["score"] is None and e["neighbour_of"]
     assert (out_a / "pareto.png").stat().st_size > 1000
+    assert json.loads((out_a / "latency_cache.json").read_text())
 
     from mlflow import MlflowClient
 
@@ -189,8 +205,11 @@ def test_killed_search_resumes_without_retraining(tmp_path: Path, store: Path, h
     assert len(hist) >= s["iterations"]  # one value per iteration (the killed run logged some too)
     logged = MlflowClient().get_run(summary["parent_run_id"]).data.params  # the whole config, flattened
     assert logged["train.lr"] == str(params.train.lr) and logged["search.widths"] == "[4, 8]"
-    curves = MlflowClient().get_metric_history(after[0].run_id, "val_loss")
+    curves = MlflowClient().get_metric_history(after[0].run_id, "train_loss")
     assert [h.step for h in curves] == [1]  # per-epoch curve of a candidate (1 epoch), logged while it trained
+    kid = MlflowClient().get_run(after[0].run_id).data
+    assert kid.metrics["score_low"] <= kid.metrics["score"] <= kid.metrics["score_high"]
+    assert kid.tags["naslung.objective"] == "auc" and kid.params["objective"] == "auc"
 
 
 @pytest.mark.slow
@@ -320,6 +339,10 @@ def test_dnas_strategy_flow_writes_search_outputs_and_mlflow_runs(tmp_path: Path
                 {
                     "spec": {"stem": [4, 4], "stages": [[4], [4], [4]], "cbam": False, "head": "linear"},
                     "spec_id": "m1-x",
+                    "objective": "auc",
+                    "score": 0.5,
+                    "score_low": 0.4,
+                    "score_high": 0.6,
                     "accuracy": 0.5,
                     "latency": 1.0,
                     "latency_unit": "Mmac_per_nodule",
@@ -342,7 +365,8 @@ def test_dnas_strategy_flow_writes_search_outputs_and_mlflow_runs(tmp_path: Path
     assert all(e["spec"]["kind"] == "dnas" and e["latency_unit"] == "Mmac_per_nodule" for e in selected)
     assert all(isinstance(parse_member_spec(e), DnasArch) for e in selected)  # usable as ensemble members
     for a in front:  # the front is non-dominated among the derived models
-        assert not any(b["accuracy"] >= a["accuracy"] and b["latency"] < a["latency"] for b in selected)
+        assert not any(b["score"] >= a["score"] and b["latency"] < a["latency"] for b in selected)
+    assert all(e["score_low"] <= e["score"] <= e["score_high"] and e["objective"] == "auc" for e in selected)
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
@@ -357,7 +381,8 @@ def test_dnas_strategy_flow_writes_search_outputs_and_mlflow_runs(tmp_path: Path
     by_id = {k.params["spec_id"]: k for k in kids}
     for e in selected:
         run = by_id[e["spec_id"]]
-        assert e["run_id"] == run.run_id and run.metrics["accuracy"] == pytest.approx(e["accuracy"])
+        assert e["run_id"] == run.run_id and run.metrics["score"] == pytest.approx(e["score"])
+        assert run.metrics["accuracy"] == pytest.approx(e["accuracy"])
         assert json.loads(run.params["spec_json"]) == e["spec"]
         assert {"model/weights.pt", "model/arch.json"} <= {a.path for a in client.list_artifacts(run.run_id, "model")}
 

@@ -26,7 +26,7 @@ import pytest
 from builders import MAP_KEYS, tiny_ensemble
 
 from naslung.params import load_params
-from naslung.scoring import decode_map, encode_payload
+from naslung.scoring import decode_map, encode_payload, quantise_uint8
 
 REPO = Path(__file__).resolve().parents[2]
 LIDC_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
@@ -152,7 +152,9 @@ def client(env):
     from naslung.score_csv import ServingClient
 
     server = env["server"]
-    return ServingClient(server.inference_url, server.model_name, server.inference_key(), timeout_s=60)
+    return ServingClient(
+        server.inference_url, server.model_name, server.inference_key(), timeout_s=60, wire=env["params"].serve.wire
+    )
 
 
 # ------------------------------------------------------------------------------------ serving tests
@@ -170,7 +172,7 @@ def test_package_records_champion_and_challenger_needs_explicit_choice(env) -> N
     assert config == env["S"].model_config(env["params"].serve) and config["handler"]["max_payload_mb"] == 1.0
     logs = Path(env["params"].paths.artifacts) / "serve" / "logs"
     worker_log = "".join(f.read_text(errors="replace") for f in logs.glob("model_log*.log"))
-    assert "loaded on cpu (1 threads, payload limit 1048576 bytes)" in worker_log
+    assert "loaded on cpu (cpu, fp32; 1 threads, payload limit 1048576 bytes)" in worker_log
     S = env["S"]
     other = S.package_from_registry(
         env["params"].replace(paths=replace(env["params"].paths, artifacts=str(env["tmp"] / "other"))),
@@ -263,6 +265,32 @@ def test_explanations_endpoint_returns_maps_only_when_asked(client) -> None:
     assert [a["probability"] for ans in answers for a in ans] == pytest.approx(alone, abs=1e-6)
 
 
+def test_wire_formats_and_columnar_answer_agree(env, client) -> None:
+    """uint8 and float32 bodies, per-patch and columnar answers: same values where the inputs are the same,
+    within the quantisation where they are not; every answer names the worker's device."""
+    from naslung.serving_client import ServingClient
+
+    server = env["server"]
+    x = np.random.default_rng(11).random((6, 32, 32, 32), dtype=np.float32)
+    kw = {"timeout_s": 60}
+    with (
+        ServingClient(server.inference_url, server.model_name, server.inference_key(), wire="float32", **kw) as f32,
+        ServingClient(
+            server.inference_url, server.model_name, server.inference_key(), wire="uint8", columnar=False, **kw
+        ) as old,
+    ):
+        full = f32.predict(x)
+        lean_rows = old.predict(x)
+        status, text = old.post(old.body(x))  # no columnar header: the per-patch list of old clients
+    lean_cols = client.predict(x) if client.wire == "uint8" else None
+    assert status == 200 and isinstance(json.loads(text), list)
+    assert all(r["device"] == "cpu" for r in full + lean_rows)
+    if lean_cols is not None:
+        assert lean_cols == lean_rows  # columnar answer == per-patch answer on the same body
+    dp = max(abs(a["probability"] - b["probability"]) for a, b in zip(full, lean_rows))
+    assert dp <= 1e-3
+
+
 def _write_csv(path: Path, rows: list[dict], bom: bool = False) -> Path:
     text = pd.DataFrame(rows).to_csv(index=False)
     path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
@@ -348,9 +376,10 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
         scan = env["scans"] / ("subset0" if r["seriesuid"] == LIDC_UID else "") / f"{r['seriesuid']}.mhd"
         cutter = PatchCutter(sitk.ReadImage(str(scan)), params.prepare)
         patches.append(cutter.cut(np.array([r["coordX"], r["coordY"], r["coordZ"]], float)))
-    ref = mlflow.pyfunc.load_model(f"models:/{params.registry.name}/{env['champion']}").predict(
-        np.stack(patches)[:, None].astype(np.float32)
-    )
+    sent = np.stack(patches).astype(np.float32)
+    if params.serve.wire == "uint8":  # what the server saw: the patches quantised to 1/255
+        sent = quantise_uint8(sent).astype(np.float32) / np.float32(255.0)
+    ref = mlflow.pyfunc.load_model(f"models:/{params.registry.name}/{env['champion']}").predict(sent[:, None])
     np.testing.assert_allclose(ok["probability"].astype(float).to_numpy(), ref["probability"].to_numpy(), atol=1e-5)
     np.testing.assert_array_equal(ok["votes"].astype(int).to_numpy(), ref["votes"].to_numpy())
     np.testing.assert_array_equal(ok["label"].astype(int).to_numpy(), ref["label"].to_numpy())

@@ -61,7 +61,7 @@ def _train_and_check(tmp: Path) -> None:
     assert run.info.status == "FINISHED"
     p = run.data.params
     assert p["spec_id"] == spec.spec_id and p["fold"] == "1" and p["loss"] == "asoftmax" and p["cbam"] == "True"
-    assert p["val_fold"] == str(out.split.val_fold) and "1" not in p["train_folds"].strip("[]").split(", ")
+    assert p["val_folds"] == str(list(out.split.val_folds)) and "1" not in p["train_folds"].strip("[]").split(", ")
     m = run.data.metrics
     for key in (
         "test_accuracy",
@@ -127,7 +127,7 @@ def _train_and_check(tmp: Path) -> None:
     ns = argparse.Namespace(params=str(pfile), run_id=out.run_id, artifacts=str(store_dir))
     assert _evaluate(argparse.Namespace(**vars(ns), fold=1)) == 0
     with pytest.raises(SystemExit, match="training/validation data"):
-        _evaluate(argparse.Namespace(**vars(ns), fold=out.split.val_fold))
+        _evaluate(argparse.Namespace(**vars(ns), fold=out.split.val_folds[0]))
 
 
 def test_training_run_is_recorded_in_sqlite_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +209,10 @@ def test_mlflow_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ui.db'}"}
-    exp_id = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).create_experiment("naslung-search")
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp_id = client.create_experiment("naslung-search")
+    parent = client.create_run(exp_id, run_name="search").info.run_id
+    child = client.create_run(exp_id, tags={"mlflow.parentRunId": parent}, run_name="cand").info.run_id
     exe = Path(sys.executable).parent / "naslung"
     out = open(tmp_path / "ui.out", "wb")  # noqa: SIM115 - the server writes to it until it stops
     proc = subprocess.Popen(
@@ -235,6 +238,7 @@ def test_mlflow_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
         printed = (tmp_path / "ui.out").read_text()
         assert f"/#/experiments/{exp_id}?workflowType=machine_learning" in printed, printed
         assert "/#/models/naslung-ensemble" in printed, printed
+        assert f"/#/experiments/{exp_id}/runs/{parent}" in printed and child not in printed, printed
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         deadline = time.monotonic() + 30

@@ -218,7 +218,7 @@ def test_dnas_front_and_selection_follow_the_shared_pareto_rule() -> None:
     from naslung.search.dnas_run import front_of, op_shape, select_records
 
     def rec(i: int, acc: float, lat: float, ops: list[str]) -> dict:
-        return {"spec_id": f"d-{i}", "accuracy": acc, "latency": lat, "ops": ops, "spec": {"ops": ops}}
+        return {"spec_id": f"d-{i}", "score": acc, "accuracy": acc, "latency": lat, "ops": ops, "spec": {"ops": ops}}
 
     records = [
         rec(1, 0.90, 10.0, ["k5_e3", "k5_e3", "k5_e3"]),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from builders import TINY, constant_model, make_project
 
+from naslung.calibration import fit_calibrator
 from naslung.ensemble import layout
 from naslung.ensemble.evaluation import ensemble_metrics, evaluate_ensemble
 from naslung.ensemble.model import Ensemble, majority_label
@@ -20,6 +21,8 @@ from naslung.ensemble.training import (
     plan_members,
     read_index,
     train_ensemble,
+    validation_predictions,
+    write_index,
 )
 from naslung.metrics import binary_metrics
 from naslung.models.net import build_model
@@ -103,7 +106,9 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     for m in index["members"]:
         split = json.loads((Path(m["dir"]) / "member.json").read_text())["split"]
         assert (
-            split["test_fold"] == m["fold"] and m["fold"] not in split["train_folds"] and split["val_fold"] != m["fold"]
+            split["test_fold"] == m["fold"]
+            and m["fold"] not in split["train_folds"]
+            and m["fold"] not in split["val_folds"]
         )
     weights = [Path(m["dir"]) / "weights.pt" for m in index["members"]]
     mtimes = [w.stat().st_mtime_ns for w in weights]
@@ -134,6 +139,39 @@ def test_train_is_cached_and_evaluation_is_complete(tmp_path: Path) -> None:
     pred = ens.predict(X)
     for j, name in enumerate(ens.member_names):
         np.testing.assert_allclose(pred.member_probs[:, j], fold1[name].predictions()[2], rtol=1e-4, atol=1e-5)
+
+    # every member stored its predictions on the pooled validation folds of its split (never its test fold),
+    # made by the restored best checkpoint: the deployable members reproduce them
+    store = PatchStore.open(params.paths.artifacts)
+    for r in recs:
+        ids, yv, pv = r.val_predictions()
+        split = r.split()
+        Xv, y_store, ids_store = store.arrays(split["val_folds"])
+        assert ids.tolist() == ids_store.tolist() and yv.tolist() == y_store.tolist()
+        assert r.fold not in split["val_folds"] and not set(ids) & set(r.predictions()[0])
+        if r.fold == 1:
+            j = ens.member_names.index(r.name)
+            np.testing.assert_allclose(ens.predict(Xv).member_probs[:, j], pv, rtol=1e-4, atol=1e-5)
+    # the deploy members share their validation rows; the stored calibrator was fitted on them
+    deploy = [r for r in recs if r.fold == 1]
+    val = validation_predictions(deploy)
+    assert val.member_probs.shape == (len(val.ids), 3) and val.folds == tuple(deploy[0].split()["val_folds"])
+    expected = fit_calibrator(
+        val.y, val.raw_prob, params.ensemble.calibration, refer_spread=params.ensemble.refer_spread
+    )
+    assert ens.calibrator.method == "temperature" == params.ensemble.calibration
+    assert ens.calibrator.temperature == pytest.approx(expected.temperature)
+    assert ens.calibrator.fitted_on.hash == val.hash and ens.calibrator.fitted_on.n == len(val.ids)
+    assert ens.calibrator.refer_spread == params.ensemble.refer_spread
+    assert index["calibration"]["calibrator"] == ens.calibrator.to_dict()
+    assert set(index["calibration"]["figures"]) == {"validation", "test"}
+    assert index["calibration"]["data"]["test"]["folds"] == [1]
+    for f in index["calibration"]["files"].values():
+        assert Path(f).stat().st_size > 0
+    # another calibration method needs no retraining: only the index and the model folder change
+    iso = params.replace(ensemble=type(params.ensemble)(**{**params.ensemble.__dict__, "calibration": "isotonic"}))
+    write_index(iso, member_specs(iso), recs, index["data"])
+    assert Ensemble.load(index["model_dir"]).calibrator.method == "isotonic"
 
     # a new fold later: only those members train
     changed = params.replace(ensemble=type(params.ensemble)(**{**params.ensemble.__dict__, "folds": (1, 3)}))

@@ -73,3 +73,23 @@ def test_wrong_patch_shapes_are_refused(patches: np.ndarray) -> None:
         ens.predict(patches[0])  # one (32, 32, 32) patch without its batch axis
     with pytest.raises(ValueError, match="empty batch"):
         ens.predict(patches[:0])
+
+
+def test_uncertainty_and_refer_follow_the_member_spread_whatever_the_order(patches: np.ndarray) -> None:
+    from naslung.calibration import Calibrator
+
+    a = _ensemble([0, 1, 2]).predict(patches)
+    b = _ensemble([2, 0, 1]).predict(patches)
+    np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-6)
+    np.testing.assert_allclose(a.uncertainty, a.member_probs.std(axis=1), atol=1e-6)
+    assert np.all((a.uncertainty >= 0) & (a.uncertainty <= 0.5))
+    assert a.refer.tolist() == (a.uncertainty > 0.2).tolist()  # the default refer_spread
+    # a calibrator changes the probability but not the vote, the spread or the ranking (temperature)
+    ens = _ensemble([0, 1, 2]).with_calibrator(Calibrator("temperature", temperature=2.0, refer_spread=0.0))
+    c = ens.predict(patches)
+    np.testing.assert_array_equal(c.label, a.label)
+    np.testing.assert_allclose(c.raw_prob, a.prob, atol=1e-6)
+    order = np.argsort(c.raw_prob, kind="stable")
+    assert np.all(np.diff(c.prob[order].astype(np.float64)) >= -1e-6)  # monotone (float32 ties aside)
+    assert np.all(np.abs(c.prob - 0.5) <= np.abs(c.raw_prob - 0.5) + 1e-6)  # T > 1 pulls towards 0.5
+    assert c.refer.tolist() == (c.uncertainty > 0).tolist()

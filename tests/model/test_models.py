@@ -293,31 +293,47 @@ def test_margin_changes_gradients_of_a_real_model() -> None:
 
 
 def test_lambda_follows_the_schedule() -> None:
-    mp = ModelParams(lambda_base=1000.0, lambda_gamma=0.12, lambda_power=1.0, lambda_min=5.0)
-    loss = build_loss(ArchSpec.parse(MODEL1, head="asoftmax"), mp)
+    mp = ModelParams(lambda_base=1000.0, lambda_floor_at=0.4, lambda_power=1.0, lambda_min=5.0)
+    total = 2000
+    loss = build_loss(ArchSpec.parse(MODEL1, head="asoftmax"), mp, total_steps=total)
     assert isinstance(loss, ASoftmaxLoss)
+    gamma = (1000.0 / 5.0 - 1.0) / (0.4 * total)  # SphereFace form, γ planned so that λ(0.4 T) = λ_min
+    assert loss.lambda_gamma == pytest.approx(gamma)
     seen = []
-    for it in range(2000):
-        expected = max(5.0, 1000.0 * (1 + 0.12 * it) ** -1.0)
+    for it in range(total):
+        expected = max(5.0, 1000.0 * (1 + gamma * it) ** -1.0)
         assert loss.lam == pytest.approx(expected)
+        assert loss.margin_weight == pytest.approx(1.0 / (1.0 + expected))
         seen.append(loss.lam)
         loss.step()
     assert seen[0] == 1000.0 and seen[-1] == 5.0
+    assert seen[int(0.4 * total)] == 5.0 and seen[int(0.4 * total) - 1] > 5.0
     assert all(a >= b for a, b in itertools.pairwise(seen))
-    assert loss.it == 2000
+    assert loss.it == total
     # the loss uses the current λ: same outputs, later step -> more margin -> larger loss
     (cos_x, phi_x), y = _angle_outputs(1)
-    early = ASoftmaxLoss(**{k: getattr(mp, k) for k in ("lambda_base", "lambda_gamma", "lambda_power", "lambda_min")})
+    early = build_loss(ArchSpec.parse(MODEL1, head="asoftmax"), mp, total_steps=total)
     first = float(early((cos_x, phi_x), y))
     for _ in range(500):
         early.step()
     assert float(early((cos_x, phi_x), y)) > first
 
 
+def test_lambda_schedule_needs_a_plan() -> None:
+    loss = build_loss(ArchSpec.parse(MODEL1, head="asoftmax"), ModelParams())
+    with pytest.raises(RuntimeError, match="plan"):
+        _ = loss.lam
+    assert loss.plan(100) is loss and loss.lam == ModelParams().lambda_base
+    with pytest.raises(ValueError, match="total_steps"):
+        loss.plan(0)
+    with pytest.raises(ValueError, match="lambda_min"):
+        ASoftmaxLoss(lambda_min=0.0).plan(10)
+
+
 def test_huge_lambda_gives_the_normalised_softmax_loss() -> None:
     (cos_x, phi_x), y = _angle_outputs(2)
     mp = ModelParams(lambda_base=1e12, lambda_min=1e12)
-    loss = build_loss(ArchSpec.parse(MODEL1, head="asoftmax"), mp)
+    loss = build_loss(ArchSpec.parse(MODEL1, head="asoftmax"), mp, total_steps=10)
     assert loss.lam == 1e12
     assert float(loss((cos_x, phi_x), y)) == pytest.approx(float(F.cross_entropy(cos_x, y)), abs=1e-6)
 
@@ -336,7 +352,7 @@ def test_asoftmax_model_trains() -> None:
     spec = ArchSpec.parse(MODEL1, cbam=True, head="asoftmax")
     torch.manual_seed(0)
     model = build_model(spec)
-    loss_fn = build_loss(spec, ModelParams())
+    loss_fn = build_loss(spec, ModelParams(), total_steps=12)
     x = torch.rand(8, 1, 16, 16, 16) * 0.3
     y = torch.arange(8) % 2
     x[y == 1, :, 4:12, 4:12, 4:12] += 0.6

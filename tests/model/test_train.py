@@ -30,11 +30,11 @@ def test_make_split_holds_out_test_and_carves_validation_from_training() -> None
     for test_fold in range(10):
         s = make_split(10, test_fold, seed=7)
         assert s.test_fold == test_fold
-        assert s.val_fold != test_fold and s.val_fold not in s.train_folds
+        assert test_fold not in s.val_folds and not set(s.val_folds) & set(s.train_folds)
         assert test_fold not in s.train_folds
-        assert sorted((*s.train_folds, s.val_fold, s.test_fold)) == list(range(10))
+        assert sorted((*s.train_folds, *s.val_folds, s.test_fold)) == list(range(10))
         assert make_split(10, test_fold, seed=7) == s
-    assert len({make_split(10, 1, seed=k).val_fold for k in range(20)}) > 1  # the seed matters
+    assert len({make_split(10, 1, seed=k).val_folds for k in range(20)}) > 1  # the seed matters
     with pytest.raises(ValueError):
         make_split(10, 10, seed=0)
 

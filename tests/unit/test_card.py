@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from naslung.baselines import BaselinePrediction, compare_folds
 from naslung.card import TAG, ModelCard
 from naslung.metrics import METRIC_NAMES
 from naslung.models.spec import ArchSpec
@@ -104,7 +106,9 @@ def test_markdown_states_use_input_data_members_metrics_limits_and_how_to_reprod
         "## Metrics (test folds [1, 2], each member trained without its test fold)",
         "| **ensemble** | 0.500 ± 0.100",
         "| 2 | " + " | ".join("0.250" if n == "f1" else "0.500" for n in METRIC_NAMES) + " |",
-        'Diameter-only baseline: `{"f1": 0.4}`',
+        "Diameter-only baseline on all prepared data (not the test folds; no same-fold baselines were evaluated): "
+        '`{"f1": 0.4}`',
+        "## Provenance of the architectures",
         "- Test folds [2] were training/validation data of the architecture search",
         "`git checkout abc123 && dvc pull && dvc repro`",
         "members chosen by search run search-run.",
@@ -125,3 +129,80 @@ def test_json_round_trip_and_package_info(card: ModelCard) -> None:
     text = card.description("reg-run")
     assert text.startswith("NASLung ensemble of 2 members") and "Registered by run reg-run" in text
     assert text.endswith(card.reproduce_text())
+
+
+def _one_fold_card(provenance: dict) -> ModelCard:
+    """A card evaluated on one test fold, with the ensemble and both baselines compared on its rows."""
+    params = load_params(REPO / "params.yaml")
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 15)
+    score = np.clip(0.5 * y + rng.uniform(0, 0.6, y.size), 0, 1)
+    bases = {
+        name: BaselinePrediction(name, s, (s >= 0.5).astype(np.int64))
+        for name, s in (("diameter", rng.uniform(0, 1, y.size)), ("voxel_stats", np.clip(y * 0.3 + 0.4, 0, 1)))
+    }
+    comp = compare_folds({1: (y, score, (score >= 0.5).astype(np.int64))}, {1: bases}, n_boot=200, seed=1)
+    index = {
+        "data": {"hash": "h", "origin": "file", "md5": {"manifest": "m", "patches": "p"}},
+        "deploy_fold": 1,
+        "member_params_hash": "x",
+        "members": [_member(s, 1) for s in SPECS],
+    }
+    one = {n: {"mean": 0.5, "std": float("nan"), "n": 1} for n in METRIC_NAMES}
+    metrics = {
+        "folds": [1],
+        "members": {s.spec_id: {"mean_std": one} for s in SPECS},
+        "ensemble": {"per_fold": {"1": _figures(0.5)}, "mean_std": one},
+        "diameter_baseline": {"accuracy": 0.81},  # the all-data figure of prepare: must not be shown
+        "comparison": comp,
+        "selection_provenance": provenance,
+        "selection_leak_folds": provenance.get("leak_folds", []),
+        "provenance_unknown_folds": provenance.get("unknown_folds", []),
+    }
+    return ModelCard.build(
+        params, index, metrics, validation=(True, "ok"), search_run_id=None, git_commit="c", dvc_url=None
+    )
+
+
+def test_one_fold_card_shows_intervals_same_fold_baselines_and_provenance() -> None:
+    prov = {
+        "origin": "specs:search",
+        "search_fold": 3,
+        "search_id": "search-7",
+        "leak_folds": [1],
+        "unknown_folds": [],
+        "flagged_folds": [1],
+        "reason": "explicit ensemble.specs from search search-7, which held out test fold 3 only",
+    }
+    card = _one_fold_card(prov)
+    md = card.to_markdown()
+    assert "±" not in md  # one fold measured no spread
+    assert "one fold: no spread measured" in md
+    rep = card.evaluation.comparison["pooled"]
+    acc = rep["model"]["accuracy"]
+    assert f"{acc['estimate']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]" in md
+    assert "## Baselines on the same test folds [1]" in md and "| baseline: voxel_stats |" in md
+    p = rep["tests"]["diameter"]["accuracy_mcnemar"]["p_value"]
+    assert f"| {p:.3g} |" in md
+    assert "0.81" not in md  # not the all-data prepare baseline
+    assert "origin: specs:search" in md and "search: search-7 (held out test fold 3)" in md
+    assert "selection leak: test folds [1]" in md
+    assert any("held out fold 3 only" in t for t in card.known_limits)
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again.to_markdown() == md
+
+
+def test_card_flags_folds_of_unknown_provenance() -> None:
+    prov = {
+        "origin": "specs:unknown",
+        "search_fold": None,
+        "search_id": None,
+        "leak_folds": [],
+        "unknown_folds": [1],
+        "flagged_folds": [1],
+        "reason": "provenance unknown: explicit ensemble.specs of unknown origin",
+    }
+    card = _one_fold_card(prov)
+    md = card.to_markdown()
+    assert "provenance unknown: test folds [1]" in md and "selection leak" not in md
+    assert any(t.startswith("Test folds [1]: provenance unknown") for t in card.known_limits)

@@ -61,3 +61,26 @@ def test_bad_set_is_a_one_line_error_naming_the_key(capsys) -> None:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_help_shows_the_values_of_params_defaults(tmp_path: Path, capsys) -> None:
+    """``--help`` names each default as the params key *and* the value the run would use, read from the
+    ``--params`` file given on the command line (so an edited file shows its own values)."""
+    import pytest
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    budget, device = data["search"]["budget"], data["train"]["device"]
+    data["search"]["budget"] = budget + 11
+    custom = tmp_path / "p.yaml"
+    custom.write_text(yaml.safe_dump(data))
+    for argv, want in (
+        (["--params", str(repo / "params.yaml"), "search", "--help"], f"search.budget = {budget})"),
+        (["search", "--params", str(custom), "--help"], f"search.budget = {budget + 11})"),
+        (["--params", str(repo / "params.yaml"), "train", "--help"], f"train.device = {device})"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert want in out, (argv, out)

