@@ -28,7 +28,7 @@ def _add_spec_args(p: argparse.ArgumentParser, head: bool = True) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (default: params train.epochs)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: params train.lr, the paper's 2e-4)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: train.lr; the paper's is 2e-4)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: params train.patience)")
     p.add_argument(
         "--lr-schedule",

@@ -26,7 +26,7 @@ from naslung.train.loop import fit, predict_proba, steps_per_epoch
 # folds held out) -> ~210-282 training nodules. 225 and 257 leave a last batch of one, which the loop skips.
 N_TRAIN = (210, 225, 245, 257, 282)
 EPOCHS = (10, 20, 30, 50)
-BATCH = TrainParams().batch_size  # 32
+BATCH = TrainParams().batch_size  # the default (8)
 
 
 @pytest.fixture(autouse=True)
