@@ -65,8 +65,9 @@ def test_lambda_reaches_its_floor_at_the_planned_fraction(n_train: int, epochs: 
     floor_weight = 1.0 / (1.0 + mp.lambda_min)
     assert all(weights[e] >= floor_weight - 1e-12 for e in range(epochs // 2 + 1, epochs + 1))
     assert weights[epochs] == pytest.approx(floor_weight)
-    # the old fixed γ = 0.12 left λ far above its floor at the end of such runs (weight <= ~5 %)
-    old_final = max(mp.lambda_min, mp.lambda_base / (1.0 + 0.12 * total))
+    # the old fixed γ = 0.12 at the old batch 32 left λ far above its floor at the end of such runs (weight <= ~5 %)
+    old_total = epochs * steps_per_epoch(n_train, 32)
+    old_final = max(mp.lambda_min, mp.lambda_base / (1.0 + 0.12 * old_total))
     assert 1.0 / (1.0 + old_final) < 0.6 * floor_weight
 
 
