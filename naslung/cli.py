@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from naslung.commands import AREAS
+from naslung.errors import UserError
 
 SET_HELP = (
     "override one parameter, e.g. --set search.budget=3 --set train.betas='[0.5, 0.9]' (repeatable, "
@@ -149,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as exc:
-        # User-facing errors (bad params, missing inputs) get one clear line, not a traceback.
+    except (FileNotFoundError, ValueError, UserError) as exc:
+        # User-facing errors (bad params, missing inputs, unreadable scans, no server) get one line, no traceback.
         print(f"naslung {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,12 +20,13 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from naslung.errors import UserError
 from naslung.scoring import COLUMNAR, COLUMNAR_HEADER, encode_payload, quantise_uint8, rows_from_answer
 
 RETRY_STATUSES = (502, 503, 504)
 
 
-class ServingError(RuntimeError):
+class ServingError(UserError, RuntimeError):
     """A request TorchServe (or the handler) refused; ``status`` is the HTTP status (0: no answer)."""
 
     def __init__(self, message: str, status: int = 0) -> None:

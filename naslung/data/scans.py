@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from naslung.errors import UserError
+
 _SUBSET = re.compile(r"^subset(\d+)$", re.IGNORECASE)
 
 _META_BYTES = {
@@ -34,7 +36,7 @@ _META_BYTES = {
 }
 
 
-class ScanError(RuntimeError):
+class ScanError(UserError, RuntimeError):
     """A scan cannot be read; the message names the file and what is wrong with it."""
 
 

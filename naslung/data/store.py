@@ -12,9 +12,10 @@ import pandas as pd
 
 from naslung.artifact_paths import PATCHES_FILE, ArtifactsDir
 from naslung.data.prepare import MANIFEST_COLUMNS
+from naslung.errors import UserError
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The patch store is missing or inconsistent; the message names the file."""
 
 

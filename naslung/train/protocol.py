@@ -25,8 +25,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from naslung.errors import UserError
 
-class ProtocolError(RuntimeError):
+
+class ProtocolError(UserError, RuntimeError):
     """The test fold was about to be used for fitting or selection, or evaluated twice."""
 
 

@@ -30,6 +30,11 @@ def test_bad_device_and_unknown_run_are_one_line_errors(tmp_path: Path, capsys, 
     assert main(["evaluate-run", "--params", params, "--run-id", "0123456789abcdef"]) == 2
     err = capsys.readouterr().err
     assert "no MLflow run '0123456789abcdef'" in err and "Traceback" not in err, err
+    # a missing patch store (naslung.errors.UserError) says which file and what to run
+    assert main(["train", "--params", params, "--set", f"paths.artifacts={tmp_path}", "--fold", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/manifest.csv: not found (run `naslung prepare` first)" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_set_is_accepted_anywhere_in_order_and_shorthands_win(tmp_path: Path, capsys) -> None:
