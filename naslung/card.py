@@ -105,6 +105,8 @@ class MemberFacts:
     run_id: str | None
     latency_ms_per_nodule: dict[str, float] = field(default_factory=dict)
     """Batch size -> ms per nodule."""
+    latency_detail: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Batch size -> how it was measured (threads, device, 1-min load average; ``reused``: the search's)."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ class ModelCard:
                     n_params=int(m["n_params"]),
                     run_id=m["run_id"],
                     latency_ms_per_nodule=dict(m.get("latency_ms_per_nodule") or {}),
+                    latency_detail=dict(m.get("latency_detail") or {}),
                 )
                 for m in deploy
             ],
@@ -322,8 +325,12 @@ class ModelCard:
             "|---|---|---|---|",
         ]
         for m in self.members:
-            lat = ", ".join(f"b{b}: {v:.2f}" for b, v in m.latency_ms_per_nodule.items())
+            lat = ", ".join(
+                f"b{b}: {v:.2f}{' (search)' if m.latency_detail.get(b, {}).get('reused') else ''}"
+                for b, v in m.latency_ms_per_nodule.items()
+            )
             lines.append(f"| {m.name} | `{m.ref}` | {m.n_params} | {lat} |")
+        lines += self._latency_lines()
         lines += self._metrics_lines()
         lines += self._baseline_lines()
         lines += self._provenance_lines()
@@ -377,6 +384,25 @@ class ModelCard:
         for f, fm in e.ensemble_per_fold.items():
             lines.append(f"| {f} | " + " | ".join(f"{fm[n]:.3f}" for n in METRIC_NAMES) + " |")
         return lines
+
+    def _latency_lines(self) -> list[str]:
+        """How the latencies above were measured: batch, threads, device and machine load (ms per nodule)."""
+        details = [d for m in self.members for d in m.latency_detail.values()]
+        if not details:
+            return []
+        threads = sorted({int(d["threads"]) for d in details if "threads" in d})
+        devices = sorted({str(d["device"]) for d in details if "device" in d})
+        loads = [float(d["load_1min_before"]) for d in details if isinstance(d.get("load_1min_before"), (int, float))]
+        reused = sum(bool(d.get("reused")) for d in details)
+        text = (
+            f"Latency: median of {details[0].get('repeats', '?')} warmed calls, ms per nodule at batch bN, on "
+            f"{', '.join(devices)} with {', '.join(map(str, threads))} torch thread(s)"
+        )
+        if loads:
+            text += f"; 1-min load average {min(loads):.1f}-{max(loads):.1f} when measured (shared machine if > 0.5)"
+        if reused:
+            text += f"; {reused} figure(s) marked (search) are the search's own measurement, as in its Pareto plot"
+        return ["", text + "."]
 
     def _baseline_lines(self) -> list[str]:
         """The ensemble beside the diameter-only and voxel-statistics baselines on the same test folds."""

@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,11 +87,43 @@ def measure_latency(
     }
 
 
+def same_setting(detail: Mapping[str, Any], batch_size: int, device: str, warmup: int, repeats: int) -> bool:
+    """Whether ``detail`` (a :func:`measure_latency` result) was taken at this batch size, device, warmup,
+    repeats and the current torch thread count, so it stands for a measurement made now."""
+    return (
+        detail.get("batch_size") == int(batch_size)
+        and str(detail.get("device")) == str(device)
+        and detail.get("threads") == torch.get_num_threads()
+        and detail.get("warmup") == int(warmup)
+        and detail.get("repeats") == int(repeats)
+        and detail.get("unit", "ms_per_nodule") == "ms_per_nodule"
+        and isinstance(detail.get("ms_per_nodule"), (int, float))
+    )
+
+
 def measure_batches(
-    model: nn.Module, batch_sizes: Sequence[int], device: str = "cpu", warmup: int = 5, repeats: int = 30
+    model: nn.Module,
+    batch_sizes: Sequence[int],
+    device: str = "cpu",
+    warmup: int = 5,
+    repeats: int = 30,
+    known: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """:func:`measure_latency` for each batch size (e.g. ``params.latency.batch_sizes``)."""
-    return {int(b): measure_latency(model, int(b), device, warmup, repeats) for b in batch_sizes}
+    """:func:`measure_latency` for each batch size (e.g. ``params.latency.batch_sizes``).
+
+    ``known``: batch size -> an earlier measurement of the same architecture (latency does not depend on
+    the weights), e.g. the search's ``latency_detail`` in ``selected.json``. It is reused as it is, with
+    ``"reused": true``, when :func:`same_setting` holds, so the search's Pareto plot, the member's run and the
+    model card show one figure for one architecture; other batch sizes are measured.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for b in (int(v) for v in batch_sizes):
+        k = (known or {}).get(b)
+        if k is not None and same_setting(k, b, device, warmup, repeats):
+            out[b] = {**dict(k), "reused": True}
+        else:
+            out[b] = measure_latency(model, b, device, warmup, repeats)
+    return out
 
 
 def repeatability(

@@ -102,6 +102,30 @@ def member_specs(params: Params, source: str | Path | Sequence[str | Path] | Non
     return list(unique.values())
 
 
+def selection_latencies(params: Params) -> dict[str, dict[int, dict[str, Any]]]:
+    """Spec id -> {batch size: latency detail} measured by the search, from the selection file(s) of
+    ``ensemble.members`` (entries with ``latency_detail``, e.g. POP's ``selected.json``); empty with explicit
+    ``ensemble.specs`` or without selection files. Only entries whose spec, read with the ensemble's flags,
+    keeps the search's ``spec_id`` count (same architecture, so the same latency)."""
+    if params.ensemble.specs:
+        return {}
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in selection_paths(params.ensemble.members):
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = data.get("selected", data.get("specs"))
+        for i, entry in enumerate(data if isinstance(data, list) else []):
+            detail = entry.get("latency_detail") if isinstance(entry, dict) else None
+            if not isinstance(detail, dict) or "batch_size" not in detail:
+                continue
+            spec_id = _spec_from_entry(entry, params, f"{path} entry {i}").spec_id
+            if spec_id == entry.get("spec_id"):
+                out.setdefault(spec_id, {})[int(detail["batch_size"])] = detail
+    return out
+
+
 # --- data / params identity ---------------------------------------------------------------------------
 
 
@@ -154,6 +178,8 @@ class MemberRecord:
     n_params: int
     flops: int
     latency_ms_per_nodule: dict[str, float] = field(default_factory=dict)
+    latency_detail: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Batch size -> the measurement (threads, device, load average, ``reused``: the search's figure)."""
     cached: bool = False
 
     def arch(self) -> AnySpec:
@@ -210,7 +236,8 @@ def train_member(
     """Train ``spec`` with test fold ``fold`` held out (or return the cached member).
 
     Uses :func:`naslung.train.run.run_training` (``ensemble.epochs`` epochs, early stopping on the
-    validation fold, one test evaluation) and logs a training run to ``tracker`` when one is given.
+    validation fold, one test evaluation) and logs a training run to ``tracker`` when one is given. The
+    search's latency of the architecture (:func:`selection_latencies`) is reused where its settings match.
     """
     key = member_key(spec, fold, data_hash, member_params_hash(params))
     mdir = layout.member_dir(params.ensemble.out_dir, spec.spec_id, fold, key)
@@ -230,6 +257,7 @@ def train_member(
         tracker=tracker,
         progress=progress,
         store=store,
+        known_latency=selection_latencies(params).get(spec.spec_id),
     )
     return _write_member(
         mdir,
@@ -247,6 +275,7 @@ def train_member(
             n_params=int(out.n_params),
             flops=int(out.flops),
             latency_ms_per_nodule={str(b): float(v["ms_per_nodule"]) for b, v in out.latency.items()},
+            latency_detail={str(b): dict(v) for b, v in out.latency.items()},
         ),
         out.fit.model,
         asdict(out.split),

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ def run_training(
     progress: bool = True,
     parent_run_id: str | None = None,
     store: Any = None,
+    known_latency: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> TrainingOutcome:
     """Train ``spec`` with test fold ``fold`` held out; evaluate the test fold once; log the run.
 
@@ -144,6 +145,8 @@ def run_training(
     ``device`` defaults to ``params.train.device`` (``auto`` = CUDA when available). ``epochs`` defaults to
     ``params.train.epochs``; ``seed`` to ``params.seed``. With ``want_features`` the penultimate features
     of the test fold are returned in ``outcome.test.features`` (extracted in the same single touch).
+    ``known_latency``: earlier latency measurements of this architecture by batch size (the search's), reused
+    when taken with the same settings (:func:`naslung.latency.measure_batches`).
     """
     store = store if store is not None else _open_store(params, artifacts)
     dev_seed = params.seed if seed is None else seed
@@ -183,7 +186,7 @@ def run_training(
             (lambda X: extract_features(model, X, device)) if want_features else None,
         )
         latency = measure_batches(
-            model, params.latency.batch_sizes, device, params.latency.warmup, params.latency.repeats
+            model, params.latency.batch_sizes, device, params.latency.warmup, params.latency.repeats, known_latency
         )
         outcome = TrainingOutcome(
             spec, split, result, evaluated, latency, int(count_params(model)), int(spec_flops(spec)), run_id

@@ -242,6 +242,39 @@ def test_latency_reports_ms_per_nodule_with_threads() -> None:
     assert model.training  # mode restored
 
 
+def test_known_latency_is_reused_only_when_measured_the_same_way(tmp_path: Path) -> None:
+    """The search's latency of an architecture is the member's (one figure in the Pareto plot, the member run
+    and the card) when batch, device, threads, warmup and repeats match; otherwise it is measured anew."""
+    import json
+
+    from naslung.ensemble.training import selection_latencies
+    from naslung.latency import measure_batches
+    from naslung.models.net import build_model
+
+    model = build_model(model1())
+    search = {"ms_per_nodule": 123.0, "batch_size": 1, "device": "cpu", "threads": torch.get_num_threads()}
+    search |= {"warmup": 1, "repeats": 3, "load_1min_before": 0.4}
+    lat = measure_batches(model, [1, 2], "cpu", warmup=1, repeats=3, known={1: search})
+    assert lat[1]["ms_per_nodule"] == 123.0 and lat[1]["reused"] and lat[1]["load_1min_before"] == 0.4
+    assert "reused" not in lat[2] and lat[2]["batch_size"] == 2 and lat[2]["ms_per_nodule"] != 123.0
+    for other in ({"threads": torch.get_num_threads() + 1}, {"repeats": 4}, {"device": "cuda"}):
+        again = measure_batches(model, [1], "cpu", warmup=1, repeats=3, known={1: search | other})
+        assert "reused" not in again[1] and again[1]["ms_per_nodule"] != 123.0, other
+
+    # selection_latencies reads the search's figure off selected.json, keyed by the member's spec id
+    spec = model1()
+    selected = [
+        {"spec": spec.to_dict(), "spec_id": spec.spec_id, "latency_detail": search},
+        {"spec": spec.to_dict(), "spec_id": "m1-other"},  # no detail: nothing to reuse
+    ]
+    (tmp_path / "selected.json").write_text(json.dumps(selected))
+    repo = Path(__file__).resolve().parents[2]
+    params = load_params(repo / "params.yaml", {"ensemble.members": str(tmp_path / "selected.json")})
+    assert selection_latencies(params) == {spec.spec_id: {1: search}}
+    explicit = load_params(repo / "params.yaml", {"ensemble.specs": [MODEL1]})
+    assert selection_latencies(explicit) == {}
+
+
 def test_cli_registers_training_commands() -> None:
     from naslung.cli import build_parser
 

@@ -35,6 +35,10 @@ def _member(spec: ArchSpec, fold: int) -> dict:
         "run_id": f"run-{spec.spec_id}-{fold}",
         "n_params": 1000 + fold,
         "latency_ms_per_nodule": {"2": 1.5},
+        "latency_detail": {
+            "2": {"ms_per_nodule": 1.5, "batch_size": 2, "device": "cpu", "threads": 2, "warmup": 5, "repeats": 30}
+            | {"load_1min_before": 1.25 + fold, "reused": fold == 1}
+        },
     }
 
 
@@ -102,7 +106,9 @@ def test_markdown_states_use_input_data_members_metrics_limits_and_how_to_reprod
         f"manifest md5 `{'m' * 32}`",
         "data validation: passed (artifacts/validation.json: success)",
         "## Architecture: 2 members, majority vote",
-        f"| {SPECS[1].spec_id} | `{SPECS[1].ref_string()}` | 1001 | b2: 1.50 |",
+        f"| {SPECS[1].spec_id} | `{SPECS[1].ref_string()}` | 1001 | b2: 1.50 (search) |",
+        "Latency: median of 30 warmed calls, ms per nodule at batch bN, on cpu with 2 torch thread(s); 1-min load "
+        "average 2.2-2.2 when measured (shared machine if > 0.5); 2 figure(s) marked (search) are the search's own",
         "## Metrics (test folds [1, 2], each member trained without its test fold)",
         "| **ensemble** | 0.500 ± 0.100",
         "| 2 | " + " | ".join("0.250" if n == "f1" else "0.500" for n in METRIC_NAMES) + " |",
