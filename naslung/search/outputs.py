@@ -60,10 +60,18 @@ def candidate_entry(e: Evaluated) -> dict[str, Any]:
 
 
 def neighbour_entry(
-    spec: Any, neighbour_of: str, flops: int, latency: float | None, latency_unit: str, objective: str
+    spec: Any,
+    neighbour_of: str,
+    flops: int,
+    latency: float | None,
+    latency_unit: str,
+    objective: str,
+    latency_detail: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """selected.json entry of an untrained fill member (a one-step neighbour of the front member with spec id
-    ``neighbour_of``): no score, ``"trained": false``; ``latency`` in ``latency_unit`` when known."""
+    ``neighbour_of``): no score, ``"trained": false``; ``latency`` in ``latency_unit`` when known, with how it
+    was measured (``latency_detail``, as trained candidates have it) when measured."""
+    extra = {"latency_detail": dict(latency_detail)} if latency_detail else {}
     return {
         "trained": False,
         "spec": spec.to_dict(),
@@ -76,6 +84,7 @@ def neighbour_entry(
         "flops": int(flops),
         "latency": latency,
         "latency_unit": latency_unit,
+        **extra,
     }
 
 

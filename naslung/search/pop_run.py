@@ -213,8 +213,12 @@ def run_pop_search(
             )
             for n, m in picks:
                 spec = space.to_spec(n)
+                lat = latency_of(n)
+                detail = cache.detail(spec.spec_id, device, sp.latency_source, conditions)
                 filled.append(
-                    neighbour_entry(spec, space.to_spec(m).spec_id, int(size_of(n)), latency_of(n), unit, sp.objective)
+                    neighbour_entry(
+                        spec, space.to_spec(m).spec_id, int(size_of(n)), lat, unit, sp.objective, detail or None
+                    )
                 )
             tracker.log_dict(cache.to_json(), LATENCY_CACHE_FILE, run_id=parent.run_id)
         covered = estimate_covered(space, result.certificates, (e.stages for e in result.trained), seed=params.seed)

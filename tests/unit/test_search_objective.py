@@ -116,6 +116,7 @@ def test_pop_search_scores_fills_to_k_and_resumes_without_measuring(tmp_path: Pa
     for e in selected[2:]:
         assert e["trained"] is False and e["score"] is None and e["neighbour_of"] in front_ids
         assert e["spec_id"] not in trained_ids and tuple(tuple(st) for st in e["stages"]) in space
+        assert e["latency_detail"]["unit"] == "Mmac_per_nodule"  # how the fill member's latency was taken
     assert all(len(e.info["history"]) == 2 for e in run.result.trained)  # fixed search.epochs
     cache = json.loads((out / "latency_cache.json").read_text())
     assert len(cache) == 5 and all(v["detail"]["unit"] == "Mmac_per_nodule" for v in cache.values())
