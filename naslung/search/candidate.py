@@ -382,6 +382,7 @@ def run_candidate(
             "val_folds": params.search.val_folds,
         },
         tags={"naslung.iteration": str(job.iteration)},
+        artifacts=artifacts,
     ) as run_id:
         record = train_candidate(spec, dev, params, job.latency, dict(job.latency_detail), on_epoch=tracker.log_epoch)
         record.run_id = run_id

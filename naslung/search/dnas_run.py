@@ -215,6 +215,7 @@ def run_dnas_search(
                     "objective": sp.objective,
                     "val_folds": sp.val_folds,
                 },
+                artifacts=artifacts,
             ) as run_id:
                 # from scratch, all training rows, the fixed retrain epochs; final weights scored
                 fitres, checkpoint = fit_fixed_epochs(

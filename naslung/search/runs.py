@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from naslung.artifact_paths import ArtifactsDir
 from naslung.params import Params, to_dict
 from naslung.tracker import RunRecord, Tracker, flat_config
 
@@ -149,9 +150,12 @@ def candidate_run(
     run_name: str,
     params: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
+    artifacts: str | Path | None = None,
 ) -> Iterator[str | None]:
     """The nested run of one candidate ``spec`` (an ``ArchSpec`` or ``DnasArch``) as the current run;
-    ``params`` adds ``epochs``, ``seed``, ``device``, ``latency_unit`` (and POP's ``depths``); yields its id."""
+    ``params`` adds ``epochs``, ``seed``, ``device``, ``latency_unit`` (and POP's ``depths``); yields its id.
+    With ``artifacts`` (the patch store folder) the run's dataset input is its patch manifest, as for a member's
+    training run (digest from ``dvc.lock``)."""
     with tracker.training_run(
         run_name,
         {
@@ -171,6 +175,9 @@ def candidate_run(
         },
         parent_run_id=parent_run_id,
     ) as run_id:
+        manifest = ArtifactsDir(Path(artifacts)).manifest if artifacts is not None else None
+        if manifest is not None and manifest.exists():
+            tracker.log_manifest_input(manifest, Path("dvc.lock"))
         yield run_id
 
 

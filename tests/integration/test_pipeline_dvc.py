@@ -39,6 +39,12 @@ def test_dvc_repro_in_a_fresh_repo(tmp_path: Path) -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
     keep = {"prepare", "validate"}
     stages["stages"] = {k: v for k, v in stages["stages"].items() if k in keep}
+    # The project's one metrics file is evaluate's headline metrics.json (checked below, too slow to run here):
+    # this pipeline declares prepare's counts as its metric instead, to check the committed-metrics mechanics.
+    prepare = stages["stages"]["prepare"]
+    counts = next(o for o in prepare["outs"] if isinstance(o, dict) and "prepare_metrics.json" in next(iter(o)))
+    prepare["outs"].remove(counts)
+    prepare["metrics"] = [counts]
     (work / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (work / "naslung").symlink_to(REPO / "naslung")
     _run(["git", "init", "-q"], work)
@@ -77,6 +83,20 @@ def test_dvc_repro_in_a_fresh_repo(tmp_path: Path) -> None:
     assert "validate.class_fraction" in diff, diff
     _run(["dvc", "metrics", "diff", "HEAD", "--all"], work)  # runs against HEAD's committed metrics
     assert "prepare_metrics.json" in _run(["dvc", "metrics", "show"], work)
+
+
+def test_the_only_dvc_metrics_file_is_the_headline() -> None:
+    """`dvc metrics show` prints one table of every metrics file's keys: only metrics.json (<= 30 numbers, see
+    tests/model/test_evaluation.py) is declared as metrics; the other small JSON outputs are git-tracked outs."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
+    assert metrics == ["${paths.artifacts}/metrics.json"]
+    outs = {
+        next(iter(o)): o[next(iter(o))] for st in stages.values() for o in st.get("outs", []) if isinstance(o, dict)
+    }
+    for name in ("prepare_metrics.json", "validation.json", "summary.json", "registration.json"):
+        (key,) = [k for k in outs if k.endswith(name)]
+        assert outs[key] == {"cache": False}, key
 
 
 @pytest.mark.slow

@@ -242,6 +242,16 @@ def test_dask_runner_trains_candidates_in_parallel(tmp_path: Path, store: Path, 
     # and the training itself overlapped, per the timestamps logged in MLflow
     iv = sorted((r.metrics["train_started_at"], r.metrics["train_finished_at"]) for r in runs)
     assert any(s1 < e0 for (_, e0), (s1, _) in itertools.pairwise(iv))
+    # each candidate run (opened in a Dask worker) spans its training and names its data and code
+    from mlflow import MlflowClient
+
+    client = MlflowClient(params.mlflow_uri)
+    for r in runs:
+        run = client.get_run(r.run_id)
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["patch-manifest"], r.run_id
+        trained_ms = 1000 * (r.metrics["train_finished_at"] - r.metrics["train_started_at"])
+        assert run.info.end_time - run.info.start_time >= trained_ms - 1
+        assert run.data.tags.get("mlflow.source.git.commit") or not (REPO / ".git").exists()
 
 
 def test_default_search_id_hashes_data_content_not_path(tmp_path: Path, store: Path) -> None:
@@ -384,6 +394,8 @@ def test_dnas_strategy_flow_writes_search_outputs_and_mlflow_runs(tmp_path: Path
         assert e["run_id"] == run.run_id and run.metrics["score"] == pytest.approx(e["score"])
         assert run.metrics["accuracy"] == pytest.approx(e["accuracy"])
         assert json.loads(run.params["spec_json"]) == e["spec"]
+        full = client.get_run(run.run_id)
+        assert [d.dataset.name for d in full.inputs.dataset_inputs] == ["patch-manifest"]
         assert {"model/weights.pt", "model/arch.json"} <= {a.path for a in client.list_artifacts(run.run_id, "model")}
 
     again = run_search(params, None, str(store), str(tmp_path / "again"), progress=False)  # same data: resumes
