@@ -31,15 +31,17 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from naslung import gate
 from naslung.artifact_paths import ENSEMBLE_INDEX_FILE, ArtifactsDir
 from naslung.card import CARD_FILE, CARD_MARKDOWN, TAG, ModelCard
 from naslung.ensemble.layout import ENSEMBLE_DIR
+from naslung.errors import UserError
 from naslung.params import Params, to_dict
 from naslung.provenance import search_run_id, validation_status
 from naslung.pyfunc import EnsemblePyfunc, ensemble_signature, input_example
-from naslung.registry.store import CHALLENGER, configure
+from naslung.registry.store import CHALLENGER, configure, version_at
 
 CARD_JSON_ARTIFACT = "model_card_json"
 """Name of the pyfunc artifact holding ``model_card.json`` (``model_card`` holds the markdown)."""
@@ -324,7 +326,19 @@ def download_ensemble(
     configure(params)
     name = params.registry.name
     client = MlflowClient()
-    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    if alias:
+        mv = version_at(client, name, alias)
+        if mv is None:
+            raise UserError(
+                f"{name}: no version holds alias '{alias}' in {params.mlflow_uri} (the gate moves it only to a "
+                f"version that passes; see {ArtifactsDir(Path(params.paths.artifacts)).registration}); "
+                "`--version N` picks a registered version"
+            )
+    else:
+        try:
+            mv = client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise UserError(f"{name}: no version {version} in {params.mlflow_uri}") from exc
     uri = f"models:/{name}/{mv.version}"
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))

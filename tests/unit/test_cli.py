@@ -30,6 +30,13 @@ def test_bad_device_and_unknown_run_are_one_line_errors(tmp_path: Path, capsys, 
     assert main(["evaluate-run", "--params", params, "--run-id", "0123456789abcdef"]) == 2
     err = capsys.readouterr().err
     assert "no MLflow run '0123456789abcdef'" in err and "Traceback" not in err, err
+    # no champion (the gate refused every version, or nothing is registered): say so and how to pick one
+    assert main(["serve", "package", "--params", params]) == 2
+    err = capsys.readouterr().err
+    assert "naslung-ensemble: no version holds alias 'champion'" in err and "`--version N`" in err, err
+    assert "Traceback" not in err, err
+    assert main(["serve", "package", "--params", params, "--version", "7"]) == 2
+    assert "naslung-ensemble: no version 7 in sqlite:///" in capsys.readouterr().err
     # a missing patch store (naslung.errors.UserError) says which file and what to run
     assert main(["train", "--params", params, "--set", f"paths.artifacts={tmp_path}", "--fold", "1"]) == 2
     err = capsys.readouterr().err
