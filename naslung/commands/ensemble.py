@@ -211,7 +211,9 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
 def _ui_urls(params: Any, base: str) -> list[str]:
     """The UI pages to look at, as URLs: each naslung experiment in the model-training view
     (``workflowType=machine_learning``), the newest search parent run (its candidates are its child runs),
-    the registered model and its champion version (lineage: source run, data, search)."""
+    the registered model and its champion version (lineage: source run, data, search), or, when the gate
+    promoted none, the newest registered (challenger) version. Model pages take ``workflowType`` too (else
+    MLflow 3 shows them with its GenAI sidebar)."""
     from naslung import tracking
 
     tracking.set_uri(params.mlflow_uri)
@@ -225,8 +227,16 @@ def _ui_urls(params: Any, base: str) -> list[str]:
     if search_exp is not None and run_id is not None:
         lines.append(f"search run (candidates nested): {base}/experiments/{search_exp}/runs/{run_id}")
     name = params.registry.name
-    lines.append(f"registered model {name}: {base}/models/{name}")
+    ml = "?workflowType=machine_learning"
+    lines.append(f"registered model {name}: {base}/models/{name}{ml}")
     version = tracking.alias_version(name, "champion")
     if version is not None:
-        lines.append(f"champion version {version} (lineage): {base}/models/{name}/versions/{version}")
+        lines.append(f"champion version {version} (lineage): {base}/models/{name}/versions/{version}{ml}")
+    else:
+        latest = tracking.alias_version(name, "challenger")
+        if latest is not None:
+            lines.append(
+                f"challenger version {latest} (no champion: the gate refused it; lineage and decision): "
+                f"{base}/models/{name}/versions/{latest}{ml}"
+            )
     return lines

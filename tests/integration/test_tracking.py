@@ -237,7 +237,7 @@ def test_mlflow_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
             time.sleep(0.5)
         printed = (tmp_path / "ui.out").read_text()
         assert f"/#/experiments/{exp_id}?workflowType=machine_learning" in printed, printed
-        assert "/#/models/naslung-ensemble" in printed, printed
+        assert "/#/models/naslung-ensemble?workflowType=machine_learning" in printed, printed
         assert f"/#/experiments/{exp_id}/runs/{parent}" in printed and child not in printed, printed
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
