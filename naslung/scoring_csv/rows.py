@@ -8,8 +8,20 @@ from typing import Any
 
 import numpy as np
 
-RESULT_COLUMNS = ("probability", "label", "votes", "model_version", "status", "error")
-"""Result columns appended to every input row, in this order."""
+RESULT_COLUMNS = (
+    "probability",
+    "raw_probability",
+    "uncertainty",
+    "refer",
+    "label",
+    "votes",
+    "model_version",
+    "status",
+    "error",
+)
+"""Result columns appended to every input row, in this order: ``probability`` calibrated P(malignant),
+``raw_probability`` the members' mean, ``uncertainty`` the members' standard deviation, ``refer`` 1 when it
+exceeds ``ensemble.refer_spread`` (empty for a model that gives none of these), majority-vote ``label``."""
 EXPLAIN_COLUMN = "explain_png"
 """Extra last column with ``explain``: the row's CAM overlay PNG, relative to the results CSV's folder."""
 
@@ -35,6 +47,9 @@ class RowResult:
     point_xyz_mm: tuple[float, float, float]
     """World point (x, y, z) in mm; NaN where the CSV check found no finite number."""
     probability: str = ""
+    raw_probability: str = ""
+    uncertainty: str = ""
+    refer: str = ""
     label: str = ""
     votes: str = ""
     model_version: str = ""
@@ -64,10 +79,14 @@ class RowResult:
         self.explain_png = ""
 
     def take_scores(self, answer: Mapping[str, Any]) -> None:
-        """Copy one per-patch answer (probability, label, votes, model_version) into the row; the
-        status stays ``pending`` until :meth:`succeed`. Raises KeyError/TypeError/ValueError for an
-        answer without usable numbers."""
+        """Copy one per-patch answer (probability, label, votes, model_version; raw_probability,
+        uncertainty, refer when given) into the row; the status stays ``pending`` until :meth:`succeed`.
+        Raises KeyError/TypeError/ValueError for an answer without usable numbers."""
         self.probability = repr(float(answer["probability"]))
+        raw, spread, refer = (answer.get(k) for k in ("raw_probability", "uncertainty", "refer"))
+        self.raw_probability = "" if raw is None else repr(float(raw))
+        self.uncertainty = "" if spread is None else repr(float(spread))
+        self.refer = "" if refer is None else str(int(bool(refer)))
         self.label = str(int(answer["label"]))
         self.votes = str(int(answer["votes"]))
         version = answer.get("model_version", "")

@@ -349,6 +349,9 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
         "coordZ",
         "site",
         "probability",
+        "raw_probability",
+        "uncertainty",
+        "refer",
         "label",
         "votes",
         "model_version",
@@ -383,6 +386,10 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
     np.testing.assert_allclose(ok["probability"].astype(float).to_numpy(), ref["probability"].to_numpy(), atol=1e-5)
     np.testing.assert_array_equal(ok["votes"].astype(int).to_numpy(), ref["votes"].to_numpy())
     np.testing.assert_array_equal(ok["label"].astype(int).to_numpy(), ref["label"].to_numpy())
+    for col in ("raw_probability", "uncertainty"):  # the members' mean and spread, as the pyfunc gives them
+        np.testing.assert_allclose(ok[col].astype(float).to_numpy(), ref[col].to_numpy(), atol=1e-5)
+    np.testing.assert_array_equal(ok["refer"].astype(int).to_numpy(), ref["refer"].astype(int).to_numpy())
+    assert (res.loc[res["status"] == "error", ["raw_probability", "uncertainty", "refer"]] == "").all().all()
 
     # Resume: nothing is re-sent; a row made pending again is the only one re-sent.
     again = score_csv(csv, env["scans"], out, client, params.prepare, params.serve, progress=False)

@@ -64,7 +64,15 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _answer(patch: np.ndarray) -> dict[str, Any]:
     prob = float(patch.mean())
-    return {"probability": prob, "label": int(prob > 0.15), "votes": 3 * int(prob > 0.15), "model_version": "7"}
+    return {
+        "probability": prob,
+        "raw_probability": prob / 2,
+        "uncertainty": prob / 4,
+        "refer": prob > 0.2,
+        "label": int(prob > 0.15),
+        "votes": 3 * int(prob > 0.15),
+        "model_version": "7",
+    }
 
 
 class Scorer:
@@ -159,6 +167,8 @@ def test_every_row_once_in_order_with_status_and_reason(scans: Path, tmp_path: P
     for _, r in res[res["status"] == "ok"].iterrows():
         want = _answer(_patch(scans, r["seriesuid"], (float(r["coordX"]), float(r["coordY"]), float(r["coordZ"]))))
         assert r["probability"] == repr(want["probability"])
+        assert (r["raw_probability"], r["uncertainty"]) == (repr(want["raw_probability"]), repr(want["uncertainty"]))
+        assert r["refer"] == str(int(want["refer"]))
         assert (r["label"], r["votes"], r["model_version"]) == (str(want["label"]), str(want["votes"]), "7")
     # Requests of serve.request_patches patches in row order, scan after scan: (a1, a2) from the first
     # series, then (b1, linked) across two scans; each patch sent once.
