@@ -95,7 +95,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     """``git rev-parse HEAD`` in ``cwd`` (None without git or outside a repository)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=60, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -185,12 +185,16 @@ def training_run(
     parent_run_id: str | None = None,
 ) -> Iterator[str]:
     """Start an MLflow run (nested under ``parent_run_id``, in the parent's experiment, when given), log
-    ``params`` (flat) and tags incl. the git commit; yields the run id."""
-    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    ``params`` (flat) and tags incl. the git commit (the parent's when ``git`` cannot be asked here, e.g. in a
+    Dask worker); yields the run id."""
+    parent = MlflowClient().get_run(parent_run_id) if parent_run_id else None
+    experiment_id = parent.info.experiment_id if parent is not None else None
     with mlflow.start_run(
         run_name=run_name, experiment_id=experiment_id, parent_run_id=parent_run_id, nested=parent_run_id is not None
     ) as run:
         commit = git_commit(Path(__file__).resolve().parent)
+        if not commit and parent is not None:
+            commit = parent.data.tags.get("mlflow.source.git.commit")
         all_tags = dict(tags or {})
         if commit:
             all_tags["mlflow.source.git.commit"] = commit
@@ -315,7 +319,9 @@ def open_parent(
     if found is not None:
         client.update_run(found, status="RUNNING")
         return found, True
-    run = client.create_run(exp_id, run_name=run_name, tags={**key_tags, **(tags or {})})
+    commit = git_commit(Path(__file__).resolve().parent)
+    source = {"mlflow.source.git.commit": commit} if commit else {}
+    run = client.create_run(exp_id, run_name=run_name, tags={**key_tags, **source, **(tags or {})})
     values = _param_values(params)
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in values.items()])
     return str(run.info.run_id), False

@@ -252,6 +252,8 @@ def test_dask_runner_trains_candidates_in_parallel(tmp_path: Path, store: Path, 
         trained_ms = 1000 * (r.metrics["train_finished_at"] - r.metrics["train_started_at"])
         assert run.info.end_time - run.info.start_time >= trained_ms - 1
         assert run.data.tags.get("mlflow.source.git.commit") or not (REPO / ".git").exists()
+    parent = client.get_run(runs[0].tags["mlflow.parentRunId"])
+    assert parent.data.tags.get("mlflow.source.git.commit") or not (REPO / ".git").exists()
 
 
 def test_default_search_id_hashes_data_content_not_path(tmp_path: Path, store: Path) -> None:
