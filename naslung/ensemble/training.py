@@ -68,6 +68,12 @@ def selection_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(p) for p in source]
 
 
+def _selection_entries(path: Path) -> Any:
+    """The entries of one selection file: its JSON list, or the ``selected`` (else ``specs``) list of a mapping."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data.get("selected", data.get("specs")) if isinstance(data, dict) else data
+
+
 def member_specs(params: Params, source: str | Path | Sequence[str | Path] | None = None) -> list[AnySpec]:
     """The member specs: ``ensemble.specs`` when non-empty, else the JSON list(s) in ``ensemble.members``.
 
@@ -90,9 +96,7 @@ def member_specs(params: Params, source: str | Path | Sequence[str | Path] | Non
                 raise FileNotFoundError(
                     f"{path}: member list not found (run `naslung search` first or set ensemble.specs in params)"
                 )
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                data = data.get("selected", data.get("specs"))
+            data = _selection_entries(path)
             if not isinstance(data, list) or not data:
                 raise ValueError(f"{path}: expected a non-empty JSON list of member specs")
             specs += [_spec_from_entry(d, params, f"{path} entry {i}") for i, d in enumerate(data)]
@@ -113,9 +117,7 @@ def selection_latencies(params: Params) -> dict[str, dict[int, dict[str, Any]]]:
     for path in selection_paths(params.ensemble.members):
         if not path.is_file():
             continue
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = data.get("selected", data.get("specs"))
+        data = _selection_entries(path)
         for i, entry in enumerate(data if isinstance(data, list) else []):
             detail = entry.get("latency_detail") if isinstance(entry, dict) else None
             if not isinstance(detail, dict) or "batch_size" not in detail:
