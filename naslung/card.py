@@ -26,6 +26,20 @@ INTENDED_USE = (
     "Decision support for radiologists: a malignancy score for a pulmonary nodule already found on CT "
     "(32 mm cube around its centre). Not a diagnosis, not a detector, not validated for clinical use."
 )
+REGRESSION_RULE = (
+    "At registration the ensemble scores a fixed set of real CT patches (registry.regression_patches, read in "
+    "place, windowed with prepare.hu_window) in process through the serving path's code; the calibrated and raw "
+    "mean probability per patch are stored as regression/scores.json in the version's run. They are compared with "
+    "the stored scores of the version holding the alias champion (the baseline): max |dp| <= "
+    "registry.regression_tolerance and mean |dp| <= registry.regression_mean_tolerance (probability units), else "
+    "the check fails and the promotion gate refuses the version unless re-baselined explicitly (`naslung register "
+    "--rebaseline WHY` or `naslung promote --rebaseline WHY`, recorded: who, when, why, against which champion). "
+    "No champion yet: the scores are the baseline candidate. Promoting a version makes its scores the baseline "
+    "(rollback: the restored champion's). A missing patch file, a champion without stored scores or with scores "
+    "of another patch set: skipped, recorded, not refused."
+)
+"""The stored-output regression rule, as the model card and the decision record state it."""
+
 KNOWN_LIMITS = (
     "Trained on the embedded synthetic dataset unless the patch store was built from real LUNA16/LIDC "
     "data; metrics on synthetic data say nothing about clinical performance.",
@@ -154,6 +168,9 @@ class ModelCard:
     calibration: dict[str, Any] | None = None
     """Calibration of the ensemble probability (``calibration_report.json`` of :mod:`naslung.calibration`:
     calibrator, figures on the validation rows it was fitted on and, reported only, on the deploy test fold)."""
+    regression: dict[str, Any] | None = None
+    """The stored-output regression check made at registration (:meth:`naslung.gate.RegressionCheck.to_dict`;
+    the rule: :data:`REGRESSION_RULE`)."""
 
     @classmethod
     def build(
@@ -301,7 +318,7 @@ class ModelCard:
 
     def to_markdown(self) -> str:
         """The human-readable model card (sections: input, data, architecture, metrics, baselines,
-        provenance, calibration, known limits, reproduce)."""
+        provenance, calibration, regression check, known limits, reproduce)."""
         d, c, i = self.data, self.code, self.input
         lines = [
             f"# Model card: {self.name}",
@@ -351,6 +368,7 @@ class ModelCard:
                         f"{f['ece']:.3f} | {f['slope']:.2f} | {f['intercept']:.2f} |"
                     )
             lines.append("Fitted on the validation rows (in-sample there); the test-fold rows are reported only.")
+        lines += self._regression_lines()
         lines += ["", "## Known limits", *(f"- {t}" for t in self.known_limits), "", "## Reproduce"]
         lines.append(self.reproduce_text())
         return "\n".join(lines) + "\n"
@@ -383,6 +401,26 @@ class ModelCard:
         ]
         for f, fm in e.ensemble_per_fold.items():
             lines.append(f"| {f} | " + " | ".join(f"{fm[n]:.3f}" for n in METRIC_NAMES) + " |")
+        return lines
+
+    def _regression_lines(self) -> list[str]:
+        """The stored-output regression check at registration: result (deltas in probability units) and rule."""
+        r = self.regression
+        if not r:
+            return []
+        lines = ["", f"## Regression check (stored outputs): {r.get('status')}", f"- {r.get('reason')}"]
+        if r.get("patches"):
+            lines.append(f"- set: {r['patches']}")
+        if r.get("max_abs_delta") is not None:
+            lines.append(
+                f"- vs champion v{r.get('baseline_version')}: max |dp| {float(r['max_abs_delta']):.2e} (tolerance "
+                f"{float(r['max_tolerance']):g}), mean |dp| {float(r['mean_abs_delta']):.2e} (tolerance "
+                f"{float(r['mean_tolerance']):g})"
+            )
+        reb = r.get("rebaseline")
+        if reb:
+            lines.append(f"- re-baselined by {reb.get('who')} at {reb.get('when')}: {reb.get('why')}")
+        lines.append(f"- rule: {REGRESSION_RULE}")
         return lines
 
     def _latency_lines(self) -> list[str]:
@@ -488,6 +526,7 @@ class ModelCard:
             evaluation=Evaluation(**_known(Evaluation, data["evaluation"])),
             known_limits=list(data["known_limits"]),
             calibration=data.get("calibration"),
+            regression=data.get("regression"),
         )
 
 

@@ -19,7 +19,14 @@ The rule:
    folds, scored on the same validation rows) + ``baseline_margin``; a missing baseline refuses;
 7. with a champion evaluated on the *same* validation rows (same :attr:`DataRef.hash`): AUC >= champion
    AUC - ``auc_tolerance``. Otherwise the comparison with the champion is skipped and the reason says why
-   (other validation data, or a champion without validation figures); 4-6 still apply.
+   (other validation data, or a champion without validation figures); 4-6 still apply;
+8. the stored-output regression check (:class:`RegressionCheck`, when the version carries one): the
+   challenger's scores on a fixed set of real patches must stay within the tolerances of the champion's
+   stored scores — max |Δp| <= ``max_tolerance`` and mean |Δp| <= ``mean_tolerance`` (probabilities in
+   [0, 1], calibrated and raw mean alike). ``failed`` refuses; ``rebaselined`` (an explicit, recorded
+   acceptance: who / when / why) passes; ``baseline`` (no champion yet: the version's scores are the
+   baseline candidate) and ``skipped`` (no patch file, no stored champion scores, another patch set) pass
+   with the reason saying so. A check made against another version than the current champion refuses.
 
 Promoted exactly when every check passed.
 """
@@ -141,6 +148,100 @@ class ValidationFigures:
         )
 
 
+REGRESSION_STATUSES: tuple[str, ...] = ("passed", "failed", "rebaselined", "baseline", "skipped")
+"""Outcomes of the stored-output regression check (see rule 8 of the module doc)."""
+
+
+@dataclass(frozen=True)
+class RegressionCheck:
+    """The stored-output regression check of one version against the champion's stored scores.
+
+    Scores are probabilities in [0, 1] per patch (calibrated ``probability`` and raw member mean
+    ``raw_probability``); deltas are absolute differences of the same patch, over both kinds."""
+
+    status: str
+    """One of :data:`REGRESSION_STATUSES`."""
+    reason: str
+    patches: str
+    """What was scored (file, sha256, number of patches); ``""`` when nothing was."""
+    max_tolerance: float
+    """Largest allowed max |Δp| (probability units)."""
+    mean_tolerance: float
+    """Largest allowed mean |Δp| (probability units)."""
+    baseline_version: str | None = None
+    """The champion version whose stored scores were compared (None: nothing compared)."""
+    max_abs_delta: float | None = None
+    """max over patches and both kinds of |p_version - p_baseline|; None when nothing was compared."""
+    mean_abs_delta: float | None = None
+    """The larger of the two kinds' mean |Δp| over patches; None when nothing was compared."""
+    deltas: Mapping[str, Any] = field(default_factory=dict)
+    """Per kind (``probability``, ``raw_probability``): ``max``, ``mean``, ``worst_index`` (row of the set)."""
+    rebaseline: Mapping[str, Any] | None = None
+    """The explicit acceptance of moved scores: ``who``, ``when``, ``why``, ``baseline_version``."""
+
+    def __post_init__(self) -> None:
+        if self.status not in REGRESSION_STATUSES:
+            raise ValueError(f"RegressionCheck: status {self.status!r} is not one of {REGRESSION_STATUSES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["deltas"] = dict(self.deltas)
+        d["rebaseline"] = None if self.rebaseline is None else dict(self.rebaseline)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegressionCheck:
+        """Inverse of :meth:`to_dict` (the version tag ``naslung.regression.check``)."""
+
+        def opt(v: Any) -> float | None:
+            return None if v is None else float(v)
+
+        return cls(
+            status=str(data["status"]),
+            reason=str(data.get("reason", "")),
+            patches=str(data.get("patches", "")),
+            max_tolerance=float(data["max_tolerance"]),
+            mean_tolerance=float(data["mean_tolerance"]),
+            baseline_version=None if data.get("baseline_version") is None else str(data["baseline_version"]),
+            max_abs_delta=opt(data.get("max_abs_delta")),
+            mean_abs_delta=opt(data.get("mean_abs_delta")),
+            deltas=dict(data.get("deltas") or {}),
+            rebaseline=None if data.get("rebaseline") is None else dict(data["rebaseline"]),
+        )
+
+    def text(self) -> str:
+        """One line: status, deltas against which version, on what."""
+        if self.max_abs_delta is None:
+            return f"regression check {self.status}: {self.reason}"
+        return (
+            f"regression check {self.status} vs champion v{self.baseline_version}: max |dp| "
+            f"{self.max_abs_delta:.2e} (tolerance {self.max_tolerance:g}), mean |dp| {self.mean_abs_delta:.2e} "
+            f"(tolerance {self.mean_tolerance:g}) on {self.patches}"
+            + (f"; {self.reason}" if self.status == "rebaselined" else "")
+        )
+
+
+def regression_checks(reg: RegressionCheck, champion_version: str | None) -> tuple[list[Check], str | None]:
+    """Rule 8: the gate's checks of a regression result (``passed`` / ``failed``: max and mean |Δp| against
+    their tolerances) and, for the other outcomes, the note the reason carries instead."""
+    if reg.baseline_version is not None and reg.baseline_version != champion_version:
+        stale = (
+            f"regression check made against v{reg.baseline_version}, not the current champion v{champion_version} "
+            "(gate it again with `naslung promote`)"
+        )
+        return [Check(stale, math.nan, "<=", reg.max_tolerance, False, reg.patches)], None
+    if reg.status in ("passed", "failed") and reg.max_abs_delta is not None and reg.mean_abs_delta is not None:
+        where = reg.patches
+        b = reg.baseline_version
+        return [
+            _check(f"regression max |dp| vs champion v{b}", reg.max_abs_delta, "<=", reg.max_tolerance, where),
+            _check(f"regression mean |dp| vs champion v{b}", reg.mean_abs_delta, "<=", reg.mean_tolerance, where),
+        ], None
+    if reg.status == "failed":  # failed without deltas (e.g. unreadable scores): refuse, naming why
+        return [Check("regression check", math.nan, "<=", reg.max_tolerance, False, reg.reason)], None
+    return [], reg.text()
+
+
 @dataclass(frozen=True)
 class VersionFigures:
     """What the gate knows about one registered version (all from its tags)."""
@@ -157,6 +258,8 @@ class VersionFigures:
     """Identity of the patch store the version was trained on."""
     reported: Mapping[str, Any] = field(default_factory=dict)
     """Test-fold figures (e.g. ``f1_per_fold``, ``auc_mean``): recorded with the decision, never used."""
+    regression: RegressionCheck | None = None
+    """The stored-output regression check against the current champion (rule 8); None: none was made."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +270,7 @@ class VersionFigures:
             "data_hash": self.data_hash,
             "val": None if self.val is None else self.val.to_dict(),
             "reported_only": dict(self.reported),
+            "regression": None if self.regression is None else self.regression.to_dict(),
         }
 
 
@@ -177,7 +281,7 @@ class Check:
     name: str
     value: float
     op: str
-    """``>=`` or ``>``."""
+    """``>=``, ``>`` or ``<=``."""
     threshold: float
     passed: bool
     data: str
@@ -189,7 +293,7 @@ class Check:
 
 def _check(name: str, value: float, op: str, threshold: float, data: str) -> Check:
     v, t = float(value), float(threshold)
-    ok = math.isfinite(v) and math.isfinite(t) and (v >= t if op == ">=" else v > t)
+    ok = math.isfinite(v) and math.isfinite(t) and (v >= t if op == ">=" else v <= t if op == "<=" else v > t)
     return Check(name, v, op, t, bool(ok), data)
 
 
@@ -207,6 +311,9 @@ class GateDecision:
     tolerance: float = 0.0
     compared_with_champion: bool = False
     checks: tuple[Check, ...] = ()
+    """Rules 4-7, each measured on the validation rows."""
+    regression_checks: tuple[Check, ...] = ()
+    """Rule 8, measured on the regression patch set (max and mean |Δp| against the champion's stored scores)."""
 
     @property
     def verdict(self) -> str:
@@ -215,6 +322,7 @@ class GateDecision:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["checks"] = [asdict(c) for c in self.checks]
+        d["regression_checks"] = [asdict(c) for c in self.regression_checks]
         return d
 
 
@@ -291,16 +399,25 @@ def decide(challenger: VersionFigures, champion: VersionFigures | None, settings
                     val.data.text(),
                 )
             )
-    failed = [c for c in checks if not c.passed]
+    reg_note: str | None = None
+    reg_checks: list[Check] = []
+    if challenger.regression is not None:
+        reg_checks, reg_note = regression_checks(challenger.regression, champ_v)
+    failed = [c for c in checks + reg_checks if not c.passed]
     ok = not failed
     if ok:
-        reason = f"{note}; passed: " + "; ".join(c.text() for c in checks)
+        passed = "; ".join(c.text() for c in checks + reg_checks)
+        reason = f"{note}; " + (f"{reg_note}; " if reg_note else "") + "passed: " + passed
     else:
         reason = "failed: " + "; ".join(c.text() for c in failed)
         if not compared and champion is not None:
             reason += f" ({note})"
+        if reg_note:
+            reason += f" ({reg_note})"
     reason += f" [on {val.data.text()}]"
-    return GateDecision(name, v, ok, reason, val.auc, champ_v, champ_auc, tol, compared, tuple(checks))
+    return GateDecision(
+        name, v, ok, reason, val.auc, champ_v, champ_auc, tol, compared, tuple(checks), tuple(reg_checks)
+    )
 
 
 def decision_record(

@@ -327,6 +327,9 @@ class ServeParams:
     """Folder the ``score_folder`` flow picks CSVs from."""
     outbox: str = "outbox"
     """Folder it writes results to."""
+    scoring_experiment: str = "naslung-scoring"
+    """MLflow experiment of the scoring runs (``naslung score`` / ``score_folder``; one run per CSV, linked
+    to the model version that scored it; ``naslung score --no-log`` skips it)."""
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -395,6 +398,17 @@ class RegistryParams:
     the same validation data + this margin, and its accuracy above the constant (majority-class) predictor."""
     require_validation: bool = True
     """Gate: ``artifacts/validation.json`` must report success."""
+    regression_patches: str | None = "../shared/data/LIDC-patches-derived/lidc_0001-0003_patches_32cube_1mm.npz"
+    """Stored-output regression check (:mod:`naslung.registry.regression`): ``.npz`` of real patches
+    (``images``: int16 HU (n, 32, 32, 32), (z, y, x), 1 mm voxels), windowed with ``prepare.hu_window``;
+    a path relative to the working folder (the repository root under DVC), read in place, never copied
+    into the repository. All its patches are scored. A missing file is recorded as ``skipped`` and
+    registration goes on; null: no check."""
+    regression_tolerance: Annotated[float, Field(ge=0)] = 0.005
+    """Regression check: largest allowed max |Δp| over the patches (probability units, calibrated and raw
+    mean probability) between a registered version and the champion's stored scores."""
+    regression_mean_tolerance: Annotated[float, Field(ge=0)] = 0.001
+    """Regression check: largest allowed mean |Δp| over the patches (probability units)."""
     cron: str = "0 3 * * 0"
     """Cron schedule of the served ``retrain`` deployment."""
     rerun_search: bool = False

@@ -20,7 +20,9 @@ Response (``/predictions``), one of two encodings:
 - the per-patch list (default, old clients): a JSON list, one object per patch: ``probability``
   (the ensemble's P(malignant): the mean member probability, or its calibrated value when the ensemble
   is calibrated), ``label`` (majority vote, 1 malignant), ``votes``, ``member_probs``, ``model_name``,
-  ``model_version``, ``device`` (where the handler ran, e.g. ``cuda:0``), and the further prediction
+  ``model_version``, ``device`` (where the handler ran, e.g. ``cuda:0``), the model's audit facts when the
+  package records them (``model_alias``: the registry alias it was packaged from, ``data_revision``: the
+  data hash recorded at registration, ``git_commit``; see :class:`ModelId`), and the further prediction
   fields when the ensemble gives them (``raw_probability``, ``uncertainty``, ``refer``);
 - columnar (when the request asks: header ``X-NASLung-Format: columnar``, :data:`COLUMNAR_HEADER`): ONE
   JSON object ``{"format": "columnar", "n": N, "probability": [N], "label": [N], "votes": [N],
@@ -148,10 +150,26 @@ class EnsembleLike(Protocol):
 
 @dataclass(frozen=True)
 class ModelId:
-    """Name and version of the served model (recorded in the .mar's ``model_info.json``)."""
+    """The served model as the .mar's ``model_info.json`` records it: registered name and version, and,
+    when known, the registry alias it was packaged from, its data revision (the model card's data hash:
+    12 hex digits over the patch store's DVC md5s, tag ``naslung.data.hash``) and the git commit."""
 
     name: str
     version: str
+    alias: str | None = None
+    data_revision: str | None = None
+    git_commit: str | None = None
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> ModelId:
+        """The id of a ``model_info.json`` payload (``name``, ``version``, ``alias``, ``data_hash``,
+        ``git_commit``; the last three may be absent or null)."""
+
+        def text(key: str) -> str | None:
+            value = info.get(key)
+            return None if value in (None, "") else str(value)
+
+        return cls(str(info["name"]), str(info["version"]), text("alias"), text("data_hash"), text("git_commit"))
 
 
 def score_batch(
@@ -182,11 +200,20 @@ def prediction_columns(pred: Any) -> dict[str, np.ndarray]:
 
 
 def _meta(model: ModelId | None, device: str | None) -> dict[str, Any]:
-    return {
+    meta: dict[str, Any] = {
         "model_name": model.name if model else None,
         "model_version": model.version if model else None,
         "device": device,
     }
+    if model is not None:  # the audit facts, only where the package records them (a few bytes per answer)
+        for key, value in (
+            ("model_alias", model.alias),
+            ("data_revision", model.data_revision),
+            ("git_commit", model.git_commit),
+        ):
+            if value is not None:
+                meta[key] = value
+    return meta
 
 
 def rows_of_columns(

@@ -4,8 +4,9 @@ The .mar holds the serving package of :mod:`naslung.ensemble.layout`: ``ensemble
 ``member_<i>.pt``, the ``Ensemble.save`` layout) and ``model_info.json`` (registered model name, version,
 alias, run id, the model card's facts), plus ``model-config.yaml``. Request body: see
 ``naslung.scoring`` (``.npy`` of (N, 32, 32, 32) float32 in [0, 1] or uint8 0..255). Response: a JSON list,
-one object per patch (probability, label, votes, member_probs, model_name, model_version, device, and
-the ensemble's further prediction fields), or, when the request carries the header
+one object per patch (probability, label, votes, member_probs, model_name, model_version, device, the
+model's audit facts ``model_alias`` / ``data_revision`` / ``git_commit`` from ``model_info.json`` where it
+records them, and the ensemble's further prediction fields), or, when the request carries the header
 ``X-NASLung-Format: columnar`` (``naslung.scoring.COLUMNAR_HEADER``), one columnar JSON object with the
 same values as arrays. Every answer names the device the worker runs on (``cpu``, ``cuda:<gpu_id>``) and
 is encoded here as compact JSON bytes (TorchServe itself would indent it).
@@ -20,7 +21,9 @@ All requests TorchServe groups into one batch are decoded one by one; the good o
 and all members run on the whole batch in one forward (:class:`naslung.ensemble.fused.FusedEnsemble`):
 on ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA is available (compiled, CUDA graphs per
 batch bucket, autocast per ``precision``), on CPU otherwise (eager fp32, ``Ensemble.predict``'s
-results). A bad request gets its own 4xx (``context.set_response_status`` with ``idx``) and a JSON
+results; channels-last-3d convolutions when they agree with eager fp32 within
+``CPU_LAYOUT_TOL`` on probe patches at start-up: handler setting ``channels_last``, default on). A bad
+request gets its own 4xx (``context.set_response_status`` with ``idx``) and a JSON
 ``{"error", "status"}`` body; the others in the batch are answered normally and the worker keeps running.
 
 Reduced precision is checked at start-up against fp32 on deterministic probe patches
@@ -46,7 +49,14 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from naslung.ensemble import layout
-from naslung.ensemble.fused import DEFAULT_BUCKETS, FusedEnsemble, Parity, parity, probe_patches
+from naslung.ensemble.fused import (
+    CPU_LAYOUT_TOL,
+    DEFAULT_BUCKETS,
+    FusedEnsemble,
+    Parity,
+    parity,
+    probe_patches,
+)
 from naslung.ensemble.model import Ensemble
 from naslung.scoring import COLUMNAR, COLUMNAR_HEADER, ModelId, score_requests
 
@@ -121,7 +131,7 @@ class NASLungHandler(BaseHandler):
         if threads > 0:
             torch.set_num_threads(threads)
         ensemble_dir, info = layout.read_package(model_dir)
-        self.model_id = ModelId(name=str(info["name"]), version=str(info["version"]))
+        self.model_id = ModelId.from_info(info)  # name, version, alias, data revision, git commit
         max_mb = float(settings.get("max_payload_mb") or info.get("max_payload_mb", 16.0))
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.ensemble = Ensemble.load(ensemble_dir, device=str(self.device))
@@ -135,6 +145,14 @@ class NASLungHandler(BaseHandler):
             if not self.parity.ok:
                 logger.warning("reduced precision off the fp32 results: falling back to fp32")
                 self.fused = FusedEnsemble.from_ensemble(self.ensemble, precision="fp32", buckets=buckets)
+        if self.device.type == "cpu" and self.fused.dtype is None and settings.get("channels_last", True):
+            # CPU fp32: channels-last-3d convolutions (oneDNN) are faster; kept only when they give the
+            # eager results on probe patches (max |dp| <= CPU_LAYOUT_TOL), else the plain eager forward.
+            fast = FusedEnsemble.from_ensemble(self.ensemble, precision="fp32", buckets=buckets, channels_last=True)
+            check = parity(fast, probe_patches(8), members=self.ensemble.members, tol=CPU_LAYOUT_TOL)
+            logger.info("NASLung CPU channels-last-3d check: %s", check.describe())
+            if check.ok:
+                self.fused = fast
         if self.device.type == "cuda":
             t = time.perf_counter()
             self.fused.warmup()

@@ -55,7 +55,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "sensitivity, specificity, accuracy with intervals, the constant predictor, the diameter and "
         "voxel-statistics baselines fitted on that split's training folds, the rows' hash) and put them "
         "on the version as naslung.val.* tags; register it under registry.name with the alias "
-        "'challenger'. Test-fold figures are recorded for reporting only.",
+        "'challenger'. Test-fold figures are recorded for reporting only. Stored-output regression check: the "
+        "ensemble scores the real patches of registry.regression_patches (read in place; a missing file is "
+        "recorded as skipped) and its calibrated and raw probabilities, stored as regression/scores.json in the "
+        "run, are compared with the champion's stored scores: max |dp| > registry.regression_tolerance or mean "
+        "|dp| > registry.regression_mean_tolerance fails the check (tags naslung.regression.*, model card, "
+        "registration.json) and the gate refuses the version unless re-baselined. No champion yet: the scores "
+        "are the baseline candidate.",
     )
     rg.add_argument("--search-run-id", help="MLflow run id of the search (default: from search/summary.json)")
     rg.add_argument(
@@ -63,6 +69,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the promotion gate (validation figures, see `naslung promote --help`) right after "
         "registering (a refusal is recorded, exit 0)",
+    )
+    rg.add_argument(
+        "--rebaseline",
+        metavar="WHY",
+        help="accept regression-set scores that moved beyond the tolerances of the current champion's "
+        "(recorded with who, when and WHY; promotion then makes them the baseline)",
     )
     rg.add_argument(
         "--out",
@@ -80,10 +92,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "above the constant (majority-class) predictor's; AUC >= each baseline's (diameter, voxel "
         "statistics) + registry.baseline_margin; and, when the champion was evaluated on the same "
         "validation rows, AUC >= champion AUC - registry.auc_tolerance (otherwise that comparison is "
-        "skipped and the reason says so). Test folds are only reported. The decision record (JSON in the "
-        "version's run) lists every figure and the rows it came from. Exit 1 when refused.",
+        "skipped and the reason says so); and its stored scores on the regression patches within "
+        "registry.regression_tolerance (max |dp|) and registry.regression_mean_tolerance (mean |dp|) of the "
+        "current champion's stored scores, unless re-baselined (--rebaseline, or `naslung register "
+        "--rebaseline` against the same champion). Test folds are only reported. The decision record (JSON "
+        "in the version's run) lists every figure and the rows it came from. A promoted version's scores "
+        "become the regression baseline. Exit 1 when refused.",
     )
     pr.add_argument("--version", help="model version to gate (default: the 'challenger' alias)")
+    pr.add_argument(
+        "--rebaseline",
+        metavar="WHY",
+        help="accept the version's regression-set scores although they moved beyond the tolerances of the "
+        "champion's (recorded with who, when and WHY in the tags and the decision record)",
+    )
     pr.set_defaults(func=_promote)
 
     rb = sub.add_parser(
@@ -138,12 +160,13 @@ def _register(args: argparse.Namespace) -> int:
     from naslung.commands import params_of
 
     params = params_of(args)
-    reg = registry.register(params, search_id=args.search_run_id)
+    reg = registry.register(params, search_id=args.search_run_id, rebaseline=args.rebaseline)
     record: dict[str, object] = {
         "name": reg.name,
         "version": reg.version,
         "run_id": reg.run_id,
         "model_uri": reg.model_uri,
+        "regression": reg.regression,  # the stored-output regression check at registration
     }
     if args.promote:
         # The gate's refusal is a normal outcome of a pipeline run (the champion stays), not a failure.
@@ -158,7 +181,7 @@ def _promote(args: argparse.Namespace) -> int:
     from naslung import registry
     from naslung.commands import params_of
 
-    decision = registry.promote(params_of(args), args.version)
+    decision = registry.promote(params_of(args), args.version, rebaseline=args.rebaseline)
     print(json.dumps(decision.as_dict()))
     return 0 if decision.promoted else 1
 

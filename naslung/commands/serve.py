@@ -53,12 +53,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="score a hospital nodule CSV through TorchServe",
         description="Validate the CSV (per-row errors), cut patches from scans inside --scans, send them to "
         "the running TorchServe, write every input row with probability/label/votes/model_version/status/"
-        "error. Re-running with the same --out resumes (rows already ok are not re-sent). With --explain the "
+        "error and the audit trail (request_id, input_sha256, patch_sha256, model_name/alias, data_revision, "
+        "git_commit, scored_at), plus <out stem>.manifest.json and <out stem>.drift.png beside it, and log an "
+        "MLflow scoring run (unless --no-log). "
+        "Re-running with the same --out resumes (rows already ok are not re-sent). With --explain the "
         "patches go to TorchServe's Explanations API and each ok row also gets a CAM overlay PNG in "
         "<out stem>_explain/ (column explain_png).",
     )
-    score.add_argument("csv", help="nodule CSV: seriesuid, coordX, coordY, coordZ (world mm) [, nodule_id]")
-    score.add_argument("--scans", required=True, help="folder holding <seriesuid>.mhd scans (searched recursively)")
+    score.add_argument(
+        "csv",
+        help="nodule CSV: seriesuid, coordX, coordY, coordZ (world mm) [, nodule_id]; spreadsheet exports and "
+        "common column aliases accepted (README: Scoring inputs)",
+    )
+    score.add_argument(
+        "--scans",
+        required=True,
+        help="scan root (searched recursively): <seriesuid>.mhd, <seriesuid>.nii[.gz] and DICOM series "
+        "folders; nothing outside it is read",
+    )
     score.add_argument("--out", required=True, help="results CSV (resumed when it exists)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.add_argument(
@@ -67,6 +79,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also fetch class activation maps (POST /explanations/<model>) and write one PNG "
         "overlay per ok row into <out stem>_explain/ beside --out; the CSV gains explain_png "
         "(slower: one more pass over the members, plus rendering)",
+    )
+    score.add_argument(
+        "--report",
+        action="store_true",
+        help="after scoring, write one report per study into <out stem>_reports/<study>/ beside --out: "
+        "report.dcm (DICOM Comprehensive 3D SR, TID 1500, one finding per ok row) and report.pdf (every "
+        "row, error rows too, and the CAM overlays); implies --explain",
+    )
+    score.add_argument(
+        "--no-log",
+        action="store_true",
+        help="do not log the scoring run to MLflow (experiment serve.scoring_experiment); the results CSV, "
+        "<out stem>.manifest.json and <out stem>.drift.png are written either way",
     )
     score.set_defaults(func=_score)
 
@@ -125,7 +150,23 @@ def _score(args: argparse.Namespace) -> int:
         Path(args.scans),
         Path(args.out),
         progress=not args.no_progress,
-        explain=bool(getattr(args, "explain", False)),
+        explain=bool(getattr(args, "explain", False) or getattr(args, "report", False)),
     )
     print(summary.describe())
+    if getattr(args, "report", False) and summary.out is not None and Path(summary.out).is_file():
+        from naslung.report import describe_reports, write_reports
+        from naslung.torchserve import model_name_of
+
+        reports = write_reports(Path(summary.out), Path(args.scans), model_name=model_name_of(params_of(args)))
+        print(describe_reports(reports))
+    if summary.manifest is not None and not getattr(args, "no_log", False):
+        from naslung.registry.scoring_runs import log_scoring_run
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_id = log_scoring_run(params_of(args), summary.manifest)
+        for w in caught:
+            print(f"naslung score: warning: {w.message}", file=sys.stderr)
+        if run_id:
+            print(f"MLflow scoring run {run_id}")
     return 0 if summary.file_error is None else 1

@@ -2,7 +2,9 @@
 
 Conventions: world points are (x, y, z) in mm (LUNA16 ``annotations.csv``); SimpleITK indices are
 (x, y, z) in voxels; numpy arrays from ``sitk.GetArrayFromImage`` are (z, y, x). World <-> index always
-goes through SimpleITK's own transform (origin, spacing *and* direction), never hand-written math.
+goes through SimpleITK's own transform (origin, spacing *and* direction); the one exception, the scoring
+path's vectorised :class:`naslung.data.patches.MultiPointCutter`, uses the same matrix and checks it against
+SimpleITK's transform on every scan.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from naslung.errors import UserError
+from naslung.data.dicom import DicomSeries, read_series
+from naslung.data.scan_errors import ScanError as ScanError  # re-exported: raised by every reader here
+from naslung.data.scan_errors import first_error_line as first_error_line
 
 _SUBSET = re.compile(r"^subset(\d+)$", re.IGNORECASE)
 
@@ -34,10 +38,6 @@ _META_BYTES = {
     "MET_FLOAT": 4,
     "MET_DOUBLE": 8,
 }
-
-
-class ScanError(UserError, RuntimeError):
-    """A scan cannot be read; the message names the file and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,15 @@ def read_dicom_series(folder: Path, seriesuid: str | None = None) -> sitk.Image:
     return image
 
 
-def read_scan(path: str | Path, seriesuid: str | None = None) -> sitk.Image:
-    """Read a whole scan: an ``.mhd`` (``.raw``/``.zraw``) file or a DICOM series folder.
+def read_scan(path: str | Path | DicomSeries, seriesuid: str | None = None) -> sitk.Image:
+    """Read a whole scan: an ``.mhd`` (``.raw``/``.zraw``) or NIfTI file, a DICOM series folder, or a
+    DICOM series checked from its headers (:class:`naslung.data.dicom.DicomSeries`: exactly its files).
 
     Returns the SimpleITK image with its physical geometry (origin, spacing in mm, direction); voxel
     values are as stored (HU for LUNA16 / LIDC). Raises :class:`ScanError` naming the file on failure.
     """
+    if isinstance(path, DicomSeries):
+        return read_series(path)
     path = Path(path)
     if path.is_dir():
         return read_dicom_series(path, seriesuid)
@@ -165,10 +168,7 @@ def read_scan(path: str | Path, seriesuid: str | None = None) -> sitk.Image:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # ITK messages put the useful description on the 'Description:' line
-    desc = [ln for ln in lines if ln.startswith("Description:")]
-    return (desc[0] if desc else (lines[-1] if lines else type(e).__name__))[:300]
+    return first_error_line(e)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ the pyfunc models are :mod:`naslung.pyfunc`. This package talks to MLflow:
 * :mod:`~naslung.registry.versions` — :func:`register` (one run, the pyfunc model, the card's tags,
   description and documents, alias ``challenger``) and :func:`download_ensemble`;
 * :mod:`~naslung.registry.promotion` — :func:`promote` (the gate and its record), :func:`rollback`,
-  :func:`aliases`.
+  :func:`aliases`;
+* :mod:`~naslung.registry.regression` — the stored-output regression check of the champion: scores on a
+  fixed set of real patches stored with each version, compared with the champion's at registration and at
+  each gate decision (``--rebaseline WHY`` accepts a move, recorded).
 """
 
 from __future__ import annotations

@@ -5,20 +5,28 @@
 challenger, old champion -> ``previous``) and records the decision: tags ``naslung.gate.*`` on the
 version, a JSON record ``gate/decision-v<version>-<time ns>.json`` in the version's run (every check with
 the data it was measured on) and a printed line.
+
+The stored-output regression check (rule 8 of :mod:`naslung.gate`; :mod:`naslung.registry.regression`) is
+made again at each decision from the stored scores of the challenger and of the *current* champion (nothing
+is scored), written to the version's ``naslung.regression.*`` tags and into the decision record. Promotion
+makes the promoted version's scores the baseline and rollback the restored champion's (registered-model tag
+``naslung.regression.baseline``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from mlflow import MlflowClient
 
 from naslung import gate
-from naslung.card import TAG
+from naslung.card import REGRESSION_RULE, TAG
 from naslung.gate import GateDecision
 from naslung.params import Params
+from naslung.registry import regression
 from naslung.registry.store import CHALLENGER, CHAMPION, PREVIOUS, configure, version_at
 from naslung.registry.versions import VAL_FIGURES_TAG
 
@@ -62,14 +70,17 @@ def _record(
     client.set_model_version_tag(d.name, d.version, TAG + "gate.time", stamp)
     if run_id:
         path = f"gate/decision-v{d.version}-{time.time_ns()}.json"  # one record per decision, never overwritten
-        client.log_dict(run_id, gate.decision_record(d, challenger, champion, settings, stamp), path)
+        record = gate.decision_record(d, challenger, champion, settings, stamp)
+        if challenger.regression is not None:
+            record["regression_rule"] = REGRESSION_RULE
+        client.log_dict(run_id, record, path)
         client.set_model_version_tag(d.name, d.version, TAG + "gate.record", path)
     client.set_registered_model_tag(d.name, TAG + "last_decision", f"{stamp} v{d.version} {verdict}: {d.reason}"[:5000])
     print(f"gate {d.name} v{d.version}: {verdict.upper()} - {d.reason}")
     return d
 
 
-def promote(params: Params, version: str | int | None = None) -> GateDecision:
+def promote(params: Params, version: str | int | None = None, rebaseline: str | None = None) -> GateDecision:
     """Gate the ``challenger`` (or ``version``) and promote it to ``champion`` when it passes.
 
     The rule is :func:`naslung.gate.decide` on validation figures only (never a test fold): data validation
@@ -77,7 +88,12 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
     ``registry.min_auc`` / ``min_sensitivity`` / ``min_specificity``; accuracy above the constant
     predictor's; AUC at least each baseline's + ``registry.baseline_margin``; and, when the champion was
     evaluated on the same validation rows, AUC >= champion AUC - ``registry.auc_tolerance``. On promotion
-    the old champion keeps the alias ``previous``.
+    the old champion keeps the alias ``previous``. The stored-output regression check: the version's stored
+    scores on ``registry.regression_patches`` within ``registry.regression_tolerance`` (max |Δp|) and
+    ``registry.regression_mean_tolerance`` (mean |Δp|) of the current champion's, unless re-baselined:
+    ``rebaseline`` (a reason) accepts moved scores now and is recorded (who, when, why) in the tags and the
+    decision record; a re-baseline granted by ``naslung register --rebaseline`` holds against the same
+    champion. A promoted version's scores become the baseline.
     """
     configure(params)
     client = MlflowClient()
@@ -89,6 +105,11 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
     settings = gate.GateSettings.of(params.registry)
     challenger = _figures(name, mv)
     champion = _figures(name, champ) if champ is not None else None
+    if champ is None or str(champ.version) != str(mv.version):
+        reg = regression.at_promotion(client, params, mv, champ, rebaseline)
+        challenger = replace(challenger, regression=reg)
+        for k, v in regression.version_tags(reg, "promote").items():
+            client.set_model_version_tag(name, str(mv.version), k, v)
     d = gate.decide(challenger, champion, settings)
     if d.promoted:
         if champ is not None:
@@ -97,6 +118,7 @@ def promote(params: Params, version: str | int | None = None) -> GateDecision:
         ch = version_at(client, name, CHALLENGER)
         if ch is not None and str(ch.version) == d.version:
             client.delete_registered_model_alias(name, CHALLENGER)
+        regression.mark_baseline(client, name, client.get_model_version(name, d.version), f"promoted v{d.version}")
     return _record(client, d, mv.run_id, challenger, champion, settings)
 
 
@@ -111,6 +133,7 @@ def rollback(params: Params) -> dict[str, str]:
     client.set_registered_model_alias(name, CHAMPION, str(prev.version))
     if champ is not None:
         client.set_registered_model_alias(name, PREVIOUS, str(champ.version))
+    regression.mark_baseline(client, name, prev, f"rolled back to v{prev.version}")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     old = str(champ.version) if champ is not None else "none"
     msg = f"rollback: champion v{old} -> v{prev.version}"

@@ -17,6 +17,11 @@ holds them all as JSON) and into the run as ``gate_figures.json`` and ``val.*`` 
 report of ``ensemble train`` (``<ensemble.out_dir>/calibration/``: reliability plot and data, Brier,
 slope/intercept, ECE) is logged under ``calibration/`` with ``calibration.*`` metrics; the calibrator itself
 travels inside the model (``calibration.json`` of the ensemble directory).
+
+Registration also runs the stored-output regression check (:mod:`naslung.registry.regression`): the
+ensemble's scores on ``registry.regression_patches`` go into the run as ``regression/scores.json`` and are
+compared with the champion's stored scores; the result is on the version (tags ``naslung.regression.*``),
+in the model card and in :attr:`Registration.regression`.
 """
 
 from __future__ import annotations
@@ -182,6 +187,8 @@ class Registration:
     run_id: str
     model_uri: str
     tags: dict[str, str]
+    regression: dict[str, Any] | None = None
+    """The stored-output regression check at registration (:meth:`naslung.gate.RegressionCheck.to_dict`)."""
 
 
 def log_explain_panel(params: Params, ensemble: Any, fold: int) -> str | None:
@@ -216,12 +223,53 @@ def log_explain_panel(params: Params, ensemble: Any, fold: int) -> str | None:
     return "explain/panel_cam.png"
 
 
-def register(params: Params, search_id: str | None = None, metrics_path: str | Path | None = None) -> Registration:
+def with_reference_profile(params: Params, index: dict[str, Any], model_dir: Path, tmp: Path) -> Path:
+    """A copy of the ensemble directory ``model_dir`` in ``tmp`` holding the drift reference profile
+    (``reference_profile.json``, :mod:`naslung.scoring_csv.drift`): the acquisition metadata of the scans of
+    the deploy split's training folds (patch store manifest, scans under ``paths.raw``) and the ensemble's
+    calibrated probabilities on its members' validation rows. The original stays untouched (a DVC output);
+    on any failure a warning and ``model_dir`` itself (the version then has no profile)."""
+    import shutil
+
+    from naslung.calibration import Calibrator
+    from naslung.data.store import PatchStore
+    from naslung.ensemble.layout import read_calibration
+    from naslung.ensemble.training import MemberRecord, validation_predictions
+    from naslung.scoring_csv.drift import reference_profile, scan_metadata, write_profile
+
+    try:
+        deploy = int(index["deploy_fold"])
+        records = [MemberRecord(**m) for m in index["members"]]
+        val = validation_predictions([r for r in records if int(r.fold) == deploy])
+        cal = read_calibration(model_dir)
+        probs = Calibrator.from_dict(cal).apply(val.raw_prob) if cal else val.raw_prob
+        try:
+            manifest = PatchStore.open(params.paths.artifacts).manifest
+            train = manifest[manifest["fold"].astype(int).isin(val.train_folds)]
+            scans = sorted(set(train["scan_path"].astype(str)))
+        except (FileNotFoundError, KeyError, ValueError):
+            scans = []
+        metas = [scan_metadata(Path(params.paths.raw) / s) for s in scans]
+        source = {"deploy_fold": deploy, "train_folds": list(val.train_folds), "validation": val.data()}
+        staged = Path(tmp) / "ensemble_with_profile"
+        shutil.copytree(model_dir, staged)
+        write_profile(staged, reference_profile(metas, probs.tolist(), {**source, "scans_listed": len(scans)}))
+        return staged
+    except Exception as exc:  # the profile is for drift reports only: never block a registration
+        warnings.warn(f"register: no drift reference profile stored with the model ({exc})", stacklevel=2)
+        return model_dir
+
+
+def register(
+    params: Params, search_id: str | None = None, metrics_path: str | Path | None = None, rebaseline: str | None = None
+) -> Registration:
     """Log and register the ensemble of ``<ensemble.out_dir>/model`` with its evaluation and lineage.
 
     Needs ``training.json`` (``naslung ensemble train``) and ``metrics_detail.json`` (or, from an older
     evaluation, ``metrics.json``; ``naslung evaluate``). The
-    new version gets the alias ``challenger``; promotion is :func:`promote`'s decision.
+    new version gets the alias ``challenger``; promotion is :func:`promote`'s decision. ``rebaseline``
+    (a reason): accept scores on the regression set that moved beyond the tolerances of the current
+    champion's (recorded: who, when, why; :mod:`naslung.registry.regression`).
     """
     from naslung import tracking
     from naslung.ensemble.model import Ensemble
@@ -245,6 +293,11 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
     except (FileNotFoundError, ValueError) as exc:  # no patch store / members without validation predictions
         warnings.warn(f"register: no validation figures for the gate ({exc}); promotion will refuse", stacklevel=2)
         figures = None
+    from naslung.registry import regression
+
+    configure(params)
+    reg_scores, reg_check = regression.at_registration(params, ensemble, rebaseline)
+    card = replace(card, regression=reg_check.to_dict())
     tags = {**card.to_tags(), **(gate_tags(figures) if figures is not None else {})}
     markdown = card.to_markdown()
     name = params.registry.name
@@ -279,11 +332,14 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
             mlflow.log_artifact(str(plot), "plots")
         mlflow.log_text(markdown, CARD_MARKDOWN)
         mlflow.log_dict(card.to_dict(), CARD_FILE)
+        if reg_scores is not None:
+            mlflow.log_dict(reg_scores, regression.SCORES_FILE)
         panel = log_explain_panel(params, ensemble, int(index["deploy_fold"]))
         with tempfile.TemporaryDirectory(prefix="naslung-register-") as tmp:
             card_md, card_json = Path(tmp) / CARD_MARKDOWN, Path(tmp) / CARD_FILE
             card_md.write_text(encoding="utf-8", data=markdown)
             card_json.write_text(encoding="utf-8", data=json.dumps(card.to_dict(), indent=1, default=float) + "\n")
+            model_dir = with_reference_profile(params, index, model_dir, Path(tmp))  # drift reference, in the .mar
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
                 python_model=EnsemblePyfunc(),
@@ -306,8 +362,9 @@ def register(params: Params, search_id: str | None = None, metrics_path: str | P
         client.set_model_version_tag(name, version, TAG + "explain_panel", panel)
     client.update_model_version(name, version, description=card.description(run.info.run_id))
     client.set_registered_model_alias(name, CHALLENGER, version)
+    regression.tag_registration(client, name, version, reg_scores, reg_check)
     print(f"registered {name} version {version} (alias {CHALLENGER}); run {run.info.run_id}")
-    return Registration(name, version, run.info.run_id, info.model_uri, tags)
+    return Registration(name, version, run.info.run_id, info.model_uri, tags, reg_check.to_dict())
 
 
 def download_ensemble(

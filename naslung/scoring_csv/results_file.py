@@ -15,7 +15,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from naslung.scoring_csv.rows import EXPLAIN_COLUMN, RESULT_COLUMNS, RowResult
+from naslung.scoring_csv.rows import EXPLAIN_COLUMN, RESULT_COLUMNS, RowResult, input_sha256
 
 
 def result_names(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, str]:
@@ -28,7 +28,10 @@ def resumable_rows(
 ) -> dict[int, dict[str, str]]:
     """Result cells (column -> text) of the rows of an existing output that are ``ok`` and whose input
     values equal the current file's (``frame``, read as text), by 0-based row; nothing when the output is
-    missing, empty, unreadable, or of another length or other columns.
+    missing, empty, unreadable, or of another length or other columns (so an output written before the
+    audit columns existed is scored again in full). A row's ``input_sha256`` must also equal the hash of
+    the current input row (:func:`naslung.scoring_csv.rows.input_sha256`); a resumed row keeps the audit
+    trail (request id, model, scored-at) of the run that scored it.
 
     With the ``explain_png`` column, a row also needs its PNG (relative to the output's folder) on disk."""
     if not out.is_file() or out.stat().st_size == 0:
@@ -43,6 +46,9 @@ def resumable_rows(
         return {}
     same = (old[cols].to_numpy() == frame[cols].to_numpy()).all(axis=1)
     ok = same & (old[names["status"]].to_numpy() == "ok")
+    if "input_sha256" in names:  # the audit trail must vouch for the same input row
+        hashes = [input_sha256({str(k): str(v) for k, v in rec.items()}) for rec in frame[cols].to_dict("records")]
+        ok &= old[names["input_sha256"]].to_numpy() == np.array(hashes, dtype=object)
     if EXPLAIN_COLUMN in names:
         pngs = old[names[EXPLAIN_COLUMN]].to_numpy()
         ok &= np.array([bool(p) and (out.parent / p).is_file() for p in pngs], dtype=bool)

@@ -29,6 +29,15 @@ class ScoreSummary:
     render_s: float = 0.0
     wall_s: float = 0.0
     errors: dict[int, str] = field(default_factory=dict)
+    request_id: str = ""
+    """The run's id (rows carry ``<request_id>/<row + 1>``)."""
+    started_at: str = ""
+    scored_at: str = ""
+    """UTC ISO 8601 start and end of the run."""
+    manifest: Path | None = None
+    """The run manifest JSON (:mod:`naslung.scoring_csv.manifest`), when one was written."""
+    drift_png: Path | None = None
+    """The drift plot PNG, when one was drawn."""
 
     @property
     def extraction_s(self) -> float:
@@ -45,13 +54,16 @@ class ScoreSummary:
             + (f" + drawing overlays {self.render_s:.1f} s" if self.render_s else "")
             + f"; request time {self.request_s:.1f} s"
         )
+        if self.manifest:
+            text += f"\nmanifest {self.manifest}" + (f", drift plot {self.drift_png}" if self.drift_png else "")
         if self.file_error:
             text += f"\nFILE ERROR: {self.file_error}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
         """The run in brief (what the inbox flow returns per file): csv, out (None without an output),
-        rows, ok, error, resumed, file_error, wall_s (rounded to 0.01 s)."""
+        rows, ok, error, resumed, file_error, wall_s (rounded to 0.01 s), request_id, manifest (None
+        without one)."""
         return {
             "csv": str(self.csv),
             "out": str(self.out) if self.out else None,
@@ -61,4 +73,6 @@ class ScoreSummary:
             "resumed": self.n_resumed,
             "file_error": self.file_error,
             "wall_s": round(self.wall_s, 2),
+            "request_id": self.request_id,
+            "manifest": str(self.manifest) if self.manifest else None,
         }

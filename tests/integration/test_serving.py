@@ -11,6 +11,7 @@ Only one TorchServe can run per machine: the module holds ``torchserve_lock`` wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -172,7 +173,9 @@ def test_package_records_champion_and_challenger_needs_explicit_choice(env) -> N
     assert config == env["S"].model_config(env["params"].serve) and config["handler"]["max_payload_mb"] == 1.0
     logs = Path(env["params"].paths.artifacts) / "serve" / "logs"
     worker_log = "".join(f.read_text(errors="replace") for f in logs.glob("model_log*.log"))
-    assert "loaded on cpu (cpu, fp32; 1 threads, payload limit 1048576 bytes)" in worker_log
+    # CPU: channels-last-3d convolutions, kept because they gave the eager results at start-up
+    assert "loaded on cpu (cpu, fp32, channels-last-3d; 1 threads, payload limit 1048576 bytes)" in worker_log
+    assert "CPU channels-last-3d check: fp32 vs fp32 on 8 patches" in worker_log and "(tol 1e-06: ok)" in worker_log
     S = env["S"]
     other = S.package_from_registry(
         env["params"].replace(paths=replace(env["params"].paths, artifacts=str(env["tmp"] / "other"))),
@@ -302,7 +305,8 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
     import SimpleITK as sitk
 
     from naslung.data.patches import PatchCutter
-    from naslung.score_csv import score_csv
+    from naslung.score_csv import AUDIT_COLUMNS, score_csv
+    from naslung.scoring_csv.manifest import file_sha256, read_manifest
 
     params, tmp = env["params"], env["tmp"]
     good = [
@@ -357,6 +361,7 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
         "model_version",
         "status",
         "error",
+        *AUDIT_COLUMNS,
     ]
     assert list(res["nodule_id"]) == [r["nodule_id"] for r in rows]
     assert summary.n_rows == 11 and summary.n_ok == 4 and summary.n_error == 7
@@ -391,6 +396,32 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
     np.testing.assert_array_equal(ok["refer"].astype(int).to_numpy(), ref["refer"].astype(int).to_numpy())
     assert (res.loc[res["status"] == "error", ["raw_probability", "uncertainty", "refer"]] == "").all().all()
 
+    # The audit trail: the model facts come from TorchServe's answers (the .mar's model_info.json).
+    info = json.loads(env["mar"].with_suffix(".json").read_text())
+    assert (ok["model_name"] == params.registry.name).all() and (ok["model_alias"] == "champion").all()
+    assert (ok["data_revision"] == (info.get("data_hash") or "")).all()
+    assert (ok["git_commit"] == (info.get("git_commit") or "")).all()
+    assert list(res["request_id"]) == [f"{summary.request_id}/{i + 1}" for i in range(len(rows))]
+    assert (res["input_sha256"].str.len() == 64).all() and (res["scored_at"].str.endswith("Z")).all()
+    # patch_sha256: of the uint8 wire form of the patch the scoring path cut (its multi-point cutter)
+    from naslung.data.patches import MultiPointCutter
+
+    wire = []
+    for r in good:
+        scan = env["scans"] / ("subset0" if r["seriesuid"] == LIDC_UID else "") / f"{r['seriesuid']}.mhd"
+        patch = MultiPointCutter(sitk.ReadImage(str(scan)), params.prepare).cut(
+            np.array([[r["coordX"], r["coordY"], r["coordZ"]]], float)
+        )[0]
+        wire.append(hashlib.sha256(quantise_uint8(patch).tobytes()).hexdigest())
+    assert list(ok["patch_sha256"]) == wire
+    manifest = read_manifest(summary.manifest)
+    counts = res["status"].value_counts().to_dict()
+    assert (manifest["counts"]["ok"], manifest["counts"]["error"]) == (counts["ok"], counts["error"]) == (4, 7)
+    assert manifest["input"]["sha256"] == file_sha256(csv) and manifest["request_id"] == summary.request_id
+    assert manifest["model"]["version"] == env["champion"] and manifest["model"]["alias"] == "champion"
+    assert manifest["devices"] == ["cpu"] and manifest["software"]["torch"]
+    assert manifest["drift"]["n_scans"] == 2 and summary.drift_png is not None and summary.drift_png.is_file()
+
     # Resume: nothing is re-sent; a row made pending again is the only one re-sent.
     again = score_csv(csv, env["scans"], out, client, params.prepare, params.serve, progress=False)
     assert again.n_resumed == 4 and again.n_sent == 0 and again.n_ok == 4
@@ -400,7 +431,11 @@ def test_score_csv_matches_pyfunc_and_reports_bad_rows(env, client) -> None:
     third = score_csv(csv, env["scans"], out, client, params.prepare, params.serve, progress=False)
     assert third.n_resumed == 3 and third.n_sent == 1
     final = pd.read_csv(out, dtype=str, keep_default_na=False)
-    assert final.equals(res)
+    run_cells = ["request_id", "scored_at"]  # the re-scored row names the run that scored it again
+    assert final.drop(columns=run_cells).equals(res.drop(columns=run_cells))
+    assert (
+        final.loc[2, "request_id"] == f"{third.request_id}/3" and final.loc[0, "request_id"] == res.loc[0, "request_id"]
+    )
 
     # The server is still up after all that.
     assert env["S"].server_status(params)["ready"] is True
@@ -415,7 +450,7 @@ def test_file_level_errors(env, client) -> None:
     s = score_csv(empty, env["scans"], tmp / "empty_out.csv", client, params.prepare, params.serve, progress=False)
     assert s.file_error and "0 bytes" in s.file_error and not (tmp / "empty_out.csv").exists()
 
-    nocol = _write_csv(tmp / "nocol.csv", [{"seriesuid": SYNTH_UID, "x": 1.0, "y": 2.0, "z": 3.0}])
+    nocol = _write_csv(tmp / "nocol.csv", [{"seriesuid": SYNTH_UID, "lon": 1.0, "lat": 2.0, "height": 3.0}])
     out = tmp / "nocol_out.csv"
     s = score_csv(nocol, env["scans"], out, client, params.prepare, params.serve, progress=False)
     assert s.file_error and "missing required column" in s.file_error and "coordX" in s.file_error
@@ -457,6 +492,23 @@ def test_cli_score_runs_against_the_server(env) -> None:
     assert "1 ok, 0 error" in proc.stdout
     assert pd.read_csv(out).loc[0, "status"] == "ok"
 
+    # The scoring run in MLflow (the store the subprocess used: MLFLOW_TRACKING_URI), linked to the version.
+    from mlflow import MlflowClient
+
+    from naslung import registry
+    from naslung.scoring_csv.manifest import manifest_path, read_manifest
+
+    manifest = read_manifest(manifest_path(out))
+    registry.configure(params)
+    client = MlflowClient()
+    run = client.get_run(manifest["mlflow"]["run_id"])
+    assert f"MLflow scoring run {run.info.run_id}" in proc.stdout
+    assert run.data.tags["naslung.model.version"] == env["champion"] and run.data.tags["naslung.kind"] == "score"
+    assert client.get_experiment(run.info.experiment_id).name == params.serve.scoring_experiment
+    mv = client.get_model_version(params.registry.name, env["champion"])
+    model_id = mv.model_id or mv.source.removeprefix("models:/")
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id] and run.data.metrics["counts.ok"] == 1.0
+
 
 def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
     import yaml
@@ -489,6 +541,7 @@ def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
             str(out),
             "--no-progress",
             "--explain",
+            "--no-log",
         ],
         capture_output=True,
         text=True,
@@ -496,7 +549,7 @@ def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "2 ok, 1 error" in proc.stdout
+    assert "2 ok, 1 error" in proc.stdout and "MLflow scoring run" not in proc.stdout  # --no-log
     res = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(res["nodule_id"]) == ["e-1", "nope", "e/2 x"] and list(res.columns)[-1] == "explain_png"
     assert list(res["status"]) == ["ok", "error", "ok"]
@@ -511,7 +564,10 @@ def test_cli_score_explain_writes_one_overlay_per_ok_row(env, client) -> None:
     (out.parent / res.loc[2, "explain_png"]).unlink()
     third = score_csv(csv, env["scans"], out, client, params.prepare, params.serve, progress=False, explain=True)
     assert third.n_resumed == 1 and third.n_sent == 1
-    assert pd.read_csv(out, dtype=str, keep_default_na=False).equals(res)
+    run_cells = ["request_id", "scored_at"]
+    assert (
+        pd.read_csv(out, dtype=str, keep_default_na=False).drop(columns=run_cells).equals(res.drop(columns=run_cells))
+    )
 
     # A missing map makes an error row (score kept, no PNG); no row is lost.
     def drop_second_cam(patches: np.ndarray) -> list[dict]:
@@ -553,6 +609,9 @@ def test_score_folder_moves_inputs_and_writes_outbox(env) -> None:
     (inbox / "b.csv").write_bytes(b"")
     out = process_inbox(str(pfile), inbox, outbox, env["scans"], runner=score_file)
     assert [o["ok"] for o in out] == [1, 0] and out[1]["file_error"]
+    manifest = json.loads((outbox / "a.results.manifest.json").read_text())  # beside the results, in the outbox
+    assert manifest["counts"]["ok"] == 1 and manifest["mlflow"]["run_id"] == out[0]["mlflow_run_id"]
+    assert (outbox / "a.results.drift.png").is_file() and out[0]["manifest"] == str(outbox / "a.results.manifest.json")
     assert pd.read_csv(outbox / "a.results.csv").loc[0, "status"] == "ok"
     assert "0 bytes" in (outbox / "b.error.txt").read_text()
     assert (inbox / "done" / "a.csv").exists() and (inbox / "failed" / "b.csv").exists()

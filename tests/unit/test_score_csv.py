@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from naslung.data.patches import PatchCutter
+from naslung.data.patches import MultiPointCutter
 from naslung.params import PrepareParams, ServeParams
 from naslung.score_csv import RESULT_COLUMNS, score_csv
 from naslung.scoring import encode_map
@@ -106,7 +106,8 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _patch(scans: Path, uid: str, xyz: tuple[float, float, float]) -> np.ndarray:
     found = next(scans.rglob(f"{uid}.mhd"))
-    return PatchCutter(sitk.ReadImage(str(found)), PREPARE).cut(np.array(xyz, float))
+    # The scoring path's cutter (PatchCutter's values within float32 rounding: tests/data/test_multipoint_cutter.py).
+    return MultiPointCutter(sitk.ReadImage(str(found)), PREPARE).cut(np.array([xyz], float))[0]
 
 
 def _row(nid: str, uid: str, x: Any, y: Any = 0.0, z: Any = 0.0, **extra: Any) -> dict[str, Any]:
