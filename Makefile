@@ -1,7 +1,8 @@
 # NASLung — the two entry points of the README:
 #   make main   set up (venv from requirements.lock, Java check) and run the pipeline end to end on the embedded data
 #   make test   set up, lint (ruff, mypy, import contracts) and run the whole test suite
-# Also: make test-fast (lint + the tests that start no server), make lint, make lock (re-resolve requirements.lock).
+# Also: make test-fast (lint + the tests that start no server), make lint, make lock (re-resolve requirements.lock),
+#   make paper (the paper protocol at paper scale into runs/paper/; README "Paper protocol").
 # Elsewhere than this workplace, get torch's CPU build from PyTorch's index:
 #   make main PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 
@@ -19,7 +20,7 @@ export PYTHONUTF8 := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 EXTRAS := serve,dask,postgres,dev
 
-.PHONY: setup java main test test-fast lint lock synth repro clean-artifacts
+.PHONY: setup java main test test-fast lint lock synth repro clean-artifacts paper
 
 setup: $(VENV)/.installed java
 
@@ -57,6 +58,13 @@ repro: setup
 
 main: setup synth repro
 	dvc status
+
+# The paper's protocol at paper scale (LIDC-sized synthetic set, POP budget 100, 9 members x test folds 1-5,
+# both baselines with intervals) in runs/paper/ (never the default pipeline's paths): README "Paper protocol".
+# PAPER_SET=experiments/paper-cpu-small.yaml runs the few-minute CPU version.
+PAPER_SET ?= experiments/paper.yaml
+paper: setup
+	naslung protocol --set-file $(PAPER_SET)
 
 lint: $(VENV)/.installed
 	ruff check .

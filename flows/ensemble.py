@@ -1,12 +1,13 @@
 """Prefect 3 flows of the ensemble area and the ``retrain`` deployment (Prefect concerns only; the work is
 :mod:`naslung.ensemble` and :mod:`naslung.registry`). ``train_ensemble`` maps a ``train-member`` task (2 retries)
 over the library's ``plan_members``, one at a time in plan order (training seeds torch's global RNG), members
-cached on disk; ``retrain``: validate -> (search) -> train -> evaluate -> register -> gate, stopping before
-training when validation fails. Each flow takes the params file and ``overrides`` (``{"section.key": value}``,
-what ``naslung --set`` gives; a deployment parameter), parsed once into :class:`~naslung.params.Params` that the
-tasks receive. ``python -m flows.ensemble serve|retrain [--params P] [--set K=V]``: serve ``retrain`` on
-``registry.cron`` (``--cron``, ``--name``; needs a Prefect server, :func:`flows.require_api_server`) or run it
-once (``--search``: re-run the search first)."""
+cached on disk; with ``train.concurrent`` = N > 1 one ``train-member-group`` task trains each N uncached members
+of a test fold at once on one device. ``retrain``: validate -> (search) -> train -> evaluate -> register -> gate,
+stopping before training when validation fails. Each flow takes the params file and ``overrides``
+(``{"section.key": value}``, what ``naslung --set`` gives; a deployment parameter), parsed once into
+:class:`~naslung.params.Params` that the tasks receive. ``python -m flows.ensemble serve|retrain [--params P]
+[--set K=V]``: serve ``retrain`` on ``registry.cron`` (``--cron``, ``--name``; needs a Prefect server,
+:func:`flows.require_api_server`) or run it once (``--search``: re-run the search first)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,14 @@ from flows import require_api_server
 from naslung import registry
 from naslung.artifact_paths import ArtifactPaths
 from naslung.ensemble.evaluation import evaluate_ensemble
-from naslung.ensemble.training import MemberRecord, plan_members, train_member, write_index
+from naslung.ensemble.training import (
+    MemberRecord,
+    member_groups,
+    plan_members,
+    prefit_members,
+    train_member,
+    write_index,
+)
 from naslung.models.factory import AnySpec
 from naslung.params import Params, load_params, parse_set
 from naslung.tracking import MlflowTracker
@@ -48,13 +56,46 @@ def train_member_task(params: Params, spec: AnySpec, fold: int, data_hash: str) 
     return train_member(params, spec, fold, data_hash, tracker=MlflowTracker())
 
 
+@task(
+    name="train-member-group",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=NO_CACHE,
+    task_run_name="members-fold{fold}-x{size}",
+)
+def train_group_task(
+    params: Params, group: list[tuple[int, AnySpec]], data_hash: str, fold: int, size: int
+) -> list[MemberRecord]:
+    """``train.concurrent`` > 1: the group's members of test fold ``fold`` trained at once (``prefit_members``),
+    then each finished (test evaluation, latency, its MLflow run, cache) as ``train-member`` would."""
+    from naslung.data.store import PatchStore
+
+    store = PatchStore.open(params.paths.artifacts)
+    fits = prefit_members(params, group, store)
+    return [
+        train_member(params, spec, f, data_hash, tracker=MlflowTracker(), store=store, fitted=fits[(f, spec.spec_id)])
+        for f, spec in group
+    ]
+
+
 @flow(name="train_ensemble", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train_ensemble(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None) -> str:
     params = load_params(params_path, overrides=overrides)
     plan = plan_members(params)
     print(f"{len(plan.specs)} members x folds {plan.folds}; data {plan.data['hash']} ({plan.data['origin']})")
-    folds, specs = [f for f, _ in plan.jobs], [s for _, s in plan.jobs]
-    records = train_member_task.map(unmapped(params), specs, folds, plan.data["hash"]).result()
+    data_hash = plan.data["hash"]
+    groups = member_groups(params, plan.jobs, data_hash)  # empty unless train.concurrent > 1
+    done: dict[tuple[int, str], MemberRecord] = {}
+    for group in {id(g): g for g in groups.values()}.values():  # each group once, in plan order
+        fold = group[0][0]
+        for (f, spec), rec in zip(group, train_group_task(params, group, data_hash, fold, len(group))):
+            done[(f, spec.spec_id)] = rec
+    rest = [(f, s) for f, s in plan.jobs if (f, s.spec_id) not in done]  # cached members, or all with N = 1
+    if rest:
+        folds, specs = [f for f, _ in rest], [s for _, s in rest]
+        for (f, spec), rec in zip(rest, train_member_task.map(unmapped(params), specs, folds, data_hash).result()):
+            done[(f, spec.spec_id)] = rec
+    records = [done[(f, s.spec_id)] for f, s in plan.jobs]
     save_task(params, plan.specs, records, plan.data)
     return str(ArtifactPaths.from_params(params).ensemble.index)
 

@@ -107,6 +107,12 @@ class SynthParams:
     """Seed of the generator (same seed -> byte-identical files)."""
     workers: Count = 2
     """Processes rendering scans in parallel (the output does not depend on it)."""
+    crop_margin_mm: Annotated[float, Field(ge=20.0)] | None = None
+    """None: each scan keeps its whole field of view. A number (mm, >= 20): each scan is cut to the
+    bounding box of its nodule centres +- this margin (origin moved, so world coordinates stay valid; like
+    the real crops in ../shared/data), which makes rendering and the files much smaller; the nodule table
+    does not change, and a patch lies in the same voxels with and without the crop when the margin
+    covers it (>= ~30 mm for 32 mm patches). See :mod:`naslung.data.synth`."""
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -205,6 +211,14 @@ class TrainParams:
     """torch intra-op threads."""
     device: TrainDevice = "auto"
     """auto | cpu | cuda | cuda:<index>."""
+    precision: Precision = "fp32"
+    """fp32 | bf16 | fp16 | auto: autocast of the forward (A-Softmax head and loss in fp32; fp16 with a
+    GradScaler); auto = bf16 on a CUDA device that supports it, else fp32 (CPU results unchanged)."""
+    eval_batch_size: Annotated[int, Field(ge=0)] = 0
+    """Validation batch size inside ``fit``; 0 = auto: max(batch_size, 64) on CPU (as before), 256 on CUDA."""
+    concurrent: Count = 1
+    """Ensemble members trained at a time (``fit_many``, lockstep, one CUDA stream each); 1 = one by one.
+    Each member's result is the same as trained alone."""
     experiment: str = "naslung-train"
     """MLflow experiment of training runs (train, cv, features)."""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from naslung.params import Params
 
-AREAS: tuple[str, ...] = ("data", "validate", "train", "search", "ensemble", "serve", "explain")
+AREAS: tuple[str, ...] = ("data", "validate", "train", "search", "ensemble", "serve", "explain", "protocol")
 
 
 def params_of(args: argparse.Namespace, shorthands: Mapping[str, Any] | None = None) -> Params:

@@ -58,8 +58,9 @@ def _prepare(args: argparse.Namespace) -> int:
 def _add_data_group(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser(
         "data",
-        help="embedded default dataset (data synth)",
-        description="Dataset commands: `naslung data synth` writes the embedded synthetic LUNA16-layout set.",
+        help="embedded default dataset (data synth, data realism)",
+        description="Dataset commands: `naslung data synth` writes the embedded synthetic LUNA16-layout set; "
+        "`naslung data realism` compares synthetic and real patches.",
     )
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data_sub.required = True
@@ -77,6 +78,7 @@ def _add_data_group(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--tables-only", action="store_true", help="write the tables and summary, no scans")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
+    _add_realism(data_sub)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -93,3 +95,46 @@ def _synth(args: argparse.Namespace) -> int:
     }
     print(json.dumps(brief, indent=2))
     return 0
+
+
+# --- data realism (synthetic vs real patch statistics) -----------------------------------------------
+
+
+def _add_realism(data_sub: argparse._SubParsersAction) -> None:
+    realism = data_sub.add_parser(
+        "realism",
+        help="compare synthetic and real 32^3 HU patches on the same statistics, side by side",
+        description="Generate a small synthetic set (in a temporary folder), cut HU patches at its nodule "
+        "centres and compare per-patch statistics (HU band fractions of the whole patch and the outer "
+        "shell, lung HU, voxel noise, share touching pleura / vessels) with the real LIDC patches; "
+        "print the table and write realism.json + realism.png (see naslung.data.realism).",
+    )
+    realism.add_argument("--scans", type=int, default=4, help="synthetic scans to generate (default: 4)")
+    realism.add_argument("--seed", type=int, help="synthetic seed (default: synth.seed)")
+    realism.add_argument("--real", help="real patches .npz (default: registry.regression_patches)")
+    realism.add_argument("--out", help="output folder (default: <paths.artifacts>/realism)")
+    realism.add_argument("--check", action="store_true", help="exit 1 when a statistic is outside its tolerance")
+    realism.set_defaults(func=_realism)
+
+
+def _realism(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from naslung.data.realism import format_table, realism_report
+
+    if args.scans < 1:
+        raise ValueError(f"--scans must be >= 1, got {args.scans}")
+    params = params_of(args, {"synth.seed": args.seed, "synth.n_scans": args.scans})
+    real = args.real or params.registry.regression_patches
+    if not real:
+        raise ValueError("no real patches: pass --real PATH or set registry.regression_patches")
+    out = Path(args.out) if args.out else Path(params.paths.artifacts) / "realism"
+    report = realism_report(params.synth, params.prepare, real, out)
+    print(
+        f"synthetic: {int(report['synthetic']['n'])} nodule patches of {args.scans} scans (seed "
+        f"{report['synth']['seed']}); real: {int(report['real']['nodules']['n'])} nodules, "
+        f"{int(report['real']['non_nodules']['n'])} non-nodule locations ({real})"
+    )
+    print(format_table(report["rows"]))
+    print(f"wrote {out / 'realism.json'} and {out / 'realism.png'}")
+    return 1 if args.check and report["n_within"] < report["n_statistics"] else 0

@@ -10,9 +10,19 @@
 
 Coordinates are world mm (x, y, z) of the nodule centres; diameters in mm.
 
+Crops (``synth.crop_margin_mm``): each scan is planned on its whole field of view (so the nodule table is
+the same), then rendered only on the sub-grid of voxels within the margin of the bounding box of its nodule
+centres (:func:`render_grid`; same spacing, voxel centres on the full grid, origin moved so world
+coordinates stay valid), like the real LIDC crops in ``../shared/data``. Every voxel of the crop gets the
+value it has in the uncropped scan: rendering is a function of world position, and per-voxel random draws
+are made at the full grid's shape and cut (:class:`_CropDraws`); only the few voxels next to the crop's
+faces differ (the point-spread blur sees the edge there). So a patch whose read region lies inside the
+crop is the same with and without it (``tests/data/test_synth_crop.py``).
+
 Determinism: scan ``i`` draws everything from two PCG64 streams seeded by ``SeedSequence([seed, i, k])``
-(k = 0: layout and nodules, k = 1: vessels and noise), so scans are independent of each other and of
-the order they are made in, and the nodule table (:func:`nodule_table`) is identical with or without
+(k = 0: layout and nodules, including the seed of the parenchyma texture and emphysema, which are
+evaluated on a lattice fixed in world coordinates; k = 1: vessels and noise), so scans are independent of
+each other and of the order they are made in, and the nodule table (:func:`nodule_table`) is identical with or without
 rendering. Volumes are rounded to int16 at the end; no multithreaded reductions are used.
 """
 
@@ -21,14 +31,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from naslung.data.baseline import diameter_baseline
 from naslung.data.synth_anatomy import (
+    BLOOD_HU,
+    ScanGeometry,
     ScanLayout,
     draw_vessels,
     finish,
@@ -39,7 +52,7 @@ from naslung.data.synth_anatomy import (
 from naslung.data.synth_nodules import NoduleSpec, place_nodules, render_nodule, sample_nodule
 from naslung.params import SynthParams
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bump when the generated data changes for the same seed."""
 UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.9999."
 """Synthetic series-UID root: LIDC/LUNA16's root with a '9999' branch that no real series uses."""
@@ -82,17 +95,69 @@ def plan(params: SynthParams) -> Iterator[SynthScan]:
         yield plan_scan(params.seed, i, tuple(params.nodules_per_scan))  # type: ignore[arg-type]
 
 
-def render_scan(scan: SynthScan, seed: int) -> np.ndarray:
-    """Voxels of one planned scan: int16 HU, numpy order (z, y, x)."""
-    layout = scan.layout
+def render_grid(scan: SynthScan, crop_margin_mm: float | None = None) -> ScanGeometry:
+    """The grid scan ``scan`` is rendered on: its whole field of view (``crop_margin_mm`` None, or a scan
+    without nodules), else the voxels whose centres lie within ``crop_margin_mm`` of the bounding box of
+    its nodule centres (clipped to the field of view; same spacing, origin = world of the first voxel)."""
+    g = scan.layout.geometry
+    if crop_margin_mm is None or not scan.nodules:
+        return g
+    centres = np.asarray([n.centre_xyz for n in scan.nodules], dtype=np.float64)
+    box = g.box_slices(centres.min(axis=0) - crop_margin_mm, centres.max(axis=0) + crop_margin_mm)
+    if box is None:  # cannot happen: nodule centres lie inside the field of view
+        return g
+    start = (box[2].start, box[1].start, box[0].start)
+    size = tuple(sl.stop - sl.start for sl in (box[2], box[1], box[0]))
+    origin = tuple(float(o + s * i) for o, s, i in zip(g.origin_xyz, g.spacing_xyz, start))
+    return ScanGeometry(size_xyz=size, spacing_xyz=g.spacing_xyz, origin_xyz=origin)  # type: ignore[arg-type]
+
+
+class _CropDraws:
+    """A random generator for a crop: a draw whose ``size`` is the crop's (z, y, x) shape is made at the full
+    grid's shape and cut to the crop, so the stream, and the value drawn for every voxel, is the same as
+    without the crop; any other draw is passed through unchanged."""
+
+    def __init__(self, rng: np.random.Generator, full: ScanGeometry, crop: ScanGeometry) -> None:
+        self._rng = rng
+        self._full_shape = full.shape_zyx
+        self._crop_shape = crop.shape_zyx
+        off = [round((c - f) / s) for c, f, s in zip(crop.origin_xyz, full.origin_xyz, full.spacing_xyz)]
+        n = crop.size_xyz
+        self._cut = tuple(slice(off[a], off[a] + n[a]) for a in (2, 1, 0))
+
+    def _is_crop(self, size: Any) -> bool:
+        return size is not None and tuple(np.atleast_1d(size).tolist()) == self._crop_shape
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._rng, name)
+        if not callable(attr):
+            return attr
+
+        def draw(*args: Any, **kwargs: Any) -> Any:
+            if self._is_crop(kwargs.get("size")):
+                return attr(*args, **{**kwargs, "size": self._full_shape})[self._cut]
+            if args and self._is_crop(args[0]) and isinstance(args[0], tuple):
+                return attr(self._full_shape, *args[1:], **kwargs)[self._cut]
+            return attr(*args, **kwargs)
+
+        return draw
+
+
+def render_scan(scan: SynthScan, seed: int, crop_margin_mm: float | None = None) -> np.ndarray:
+    """Voxels of one planned scan on :func:`render_grid`: int16 HU, numpy order (z, y, x)."""
+    full = scan.layout
+    grid = render_grid(scan, crop_margin_mm)
+    layout = full if grid == full.geometry else replace(full, geometry=grid)
     rng = _rng(seed, layout.index, 1)
+    vessels = sample_vessel_tree(rng, full)  # drawn against the whole field of view, as without a crop
     background, lung_occ, content = render_background(layout)
-    draw_vessels(content, layout.geometry, sample_vessel_tree(rng, layout))
+    draw_vessels(content, layout.geometry, vessels)
     for nod in scan.nodules:
         render_nodule(content, layout.geometry, nod)
     background += (content - background) * lung_occ
     del content, lung_occ
-    return finish(background, layout, rng)
+    noise_rng: Any = rng if layout is full else _CropDraws(rng, full.geometry, grid)
+    return finish(background, layout, noise_rng)
 
 
 def scan_relpath(layout: ScanLayout) -> str:
@@ -100,15 +165,17 @@ def scan_relpath(layout: ScanLayout) -> str:
     return f"subset{layout.subset}/{layout.seriesuid}.mhd"
 
 
-def write_scan(volume: np.ndarray, layout: ScanLayout, out_dir: Path) -> Path:
-    """Write an int16 (z, y, x) volume as uncompressed MetaImage (.mhd + .raw) with SimpleITK."""
+def write_scan(volume: np.ndarray, layout: ScanLayout, out_dir: Path, grid: ScanGeometry | None = None) -> Path:
+    """Write an int16 (z, y, x) volume as uncompressed MetaImage (.mhd + .raw) with SimpleITK, on ``grid``
+    (default: the layout's whole field of view)."""
     import SimpleITK as sitk
 
+    geometry = grid or layout.geometry
     path = out_dir / scan_relpath(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(volume)
-    img.SetSpacing(layout.geometry.spacing_xyz)
-    img.SetOrigin(layout.geometry.origin_xyz)
+    img.SetSpacing(geometry.spacing_xyz)
+    img.SetOrigin(geometry.origin_xyz)
     sitk.WriteImage(img, str(path), useCompression=False)
     return path
 
@@ -141,6 +208,16 @@ def _rows(scans: list[SynthScan]) -> pd.DataFrame:
                     "n_spicules": int(nod.spicule_lengths.size),
                     "lobulation": round(nod.lobulation, 4),
                     "edge_mm": round(nod.edge_mm, 4),
+                    "attachment": nod.attachment,
+                    "spiculation_score": nod.spiculation_score,
+                    "lobulation_score": nod.lobulation_score,
+                    "margin_score": nod.margin_score,
+                    "sphericity_score": nod.sphericity_score,
+                    "texture_score": nod.texture_score,
+                    "kernel": lay.kernel,
+                    "emphysema": round(lay.emphysema, 4),
+                    "contrast": lay.blood_hu > BLOOD_HU,
+                    "slice_mm": lay.geometry.spacing_xyz[2],
                     "scan_path": scan_relpath(lay),
                 }
             )
@@ -188,11 +265,13 @@ def summarize(table: pd.DataFrame, params: SynthParams) -> dict:
     }
 
 
-def _render_job(seed: int, index: int, nodules_per_scan: tuple[int, int], out_dir: str) -> int:
+def _render_job(
+    seed: int, index: int, nodules_per_scan: tuple[int, int], out_dir: str, crop_margin_mm: float | None = None
+) -> int:
     """Plan, render and write scan ``index``; returns the voxel bytes written (runs in a worker)."""
     scan = plan_scan(seed, index, nodules_per_scan)
-    volume = render_scan(scan, seed)
-    write_scan(volume, scan.layout, Path(out_dir))
+    volume = render_scan(scan, seed, crop_margin_mm)
+    write_scan(volume, scan.layout, Path(out_dir), render_grid(scan, crop_margin_mm))
     return int(volume.nbytes)
 
 
@@ -222,13 +301,16 @@ def synthesize(out_dir: str | Path, params: SynthParams, *, render: bool = True,
         bar = tqdm(total=params.n_scans, desc="synth", unit="scan", disable=not progress)
         if params.workers > 1 and params.n_scans > 1:
             with ProcessPoolExecutor(min(params.workers, params.n_scans), mp_context=get_context("spawn")) as pool:
-                jobs = [pool.submit(_render_job, params.seed, i, npr, str(out)) for i in range(params.n_scans)]
+                jobs = [
+                    pool.submit(_render_job, params.seed, i, npr, str(out), params.crop_margin_mm)
+                    for i in range(params.n_scans)
+                ]
                 for job in jobs:
                     raw_bytes += job.result()
                     bar.update()
         else:
             for i in range(params.n_scans):
-                raw_bytes += _render_job(params.seed, i, npr, str(out))
+                raw_bytes += _render_job(params.seed, i, npr, str(out), params.crop_margin_mm)
                 bar.update()
         bar.close()
     table = _rows(scans)
@@ -239,6 +321,8 @@ def synthesize(out_dir: str | Path, params: SynthParams, *, render: bool = True,
     table.drop(columns=["mal_bool"]).to_csv(out / "synth_truth.csv", index=False)
     summary = summarize(table, params)
     summary["rendered"] = bool(render)
+    if params.crop_margin_mm is not None:  # (the default's summary stays byte-identical)
+        summary["crop_margin_mm"] = float(params.crop_margin_mm)
     summary["raw_bytes"] = int(raw_bytes)
     (out / "synth_summary.json").write_text(encoding="utf-8", data=json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

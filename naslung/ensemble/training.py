@@ -27,7 +27,11 @@ File layouts: :mod:`naslung.ensemble.layout`.
 The member loop has three parts that both runners share — :func:`plan_members` (which (fold, spec)
 members to train, in order, and the data version), :func:`train_member` (one member) and
 :func:`write_index` (the deployable ensemble and the index). :func:`train_ensemble` runs them in-process;
-the Prefect flow ``flows/ensemble.py::train_ensemble`` maps one ``train-member`` task over the plan.
+the Prefect flow ``flows/ensemble.py::train_ensemble`` maps one ``train-member`` task over the plan. With
+``train.concurrent`` = N > 1, :func:`train_ensemble` trains the members still to train N at a time per test
+fold (:func:`member_groups`, :func:`prefit_members`: :func:`naslung.train.concurrent.fit_many`, one CUDA
+stream each) and hands each member its fit; every member equals the one trained alone (same key, cache,
+run and record).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from naslung.ensemble import layout
 from naslung.ensemble.layout import INDEX_FILE, MEMBER_FILE, MODEL_DIR, WEIGHTS_FILE
 from naslung.lineage import data_identity
 from naslung.models.factory import AnySpec, build, parse_member_spec, spec_flops, spec_from_dict
-from naslung.params import Params
+from naslung.params import Params, to_dict
 from naslung.tracker import NULL_TRACKER, Tracker
 
 # --- member specs ------------------------------------------------------------------------------------
@@ -138,11 +142,30 @@ def data_version(artifacts: str | Path, dvc_lock: str | Path = "dvc.lock") -> di
     return data_identity(artifacts, dvc_lock).as_dict()
 
 
+_RESULT_NEUTRAL_TRAIN = {"concurrent": None, "eval_batch_size": 0, "precision": "fp32"}
+"""``train`` keys left out of the member hash: ``concurrent`` always (scheduling only: a member trained with
+others equals the member trained alone), the others at the value that reproduces the training from before
+they existed (so members cached before them stay valid)."""
+
+
+def _result_sections(params: Params) -> str:
+    """``params.section_hash("seed", "model", "train")`` without the result-neutral ``train`` keys."""
+    data = to_dict(params)
+    data = {s: data[s] for s in ("seed", "model", "train")}
+    data["train"] = {
+        k: v
+        for k, v in data["train"].items()
+        if k not in _RESULT_NEUTRAL_TRAIN or (_RESULT_NEUTRAL_TRAIN[k] is not None and v != _RESULT_NEUTRAL_TRAIN[k])
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def member_params_hash(params: Params) -> str:
-    """Hash of everything that changes a trained member besides spec, fold and data."""
+    """Hash of everything that changes a trained member besides spec, fold and data (``train.concurrent``
+    and the other result-neutral keys at their neutral values left out)."""
     blob = json.dumps(
         {
-            "sections": params.section_hash("seed", "model", "train"),
+            "sections": _result_sections(params),
             "epochs": params.ensemble.epochs,
             "n_folds": params.prepare.n_folds,
         },
@@ -234,12 +257,15 @@ def train_member(
     tracker: Tracker = NULL_TRACKER,
     progress: bool = False,
     store: Any = None,
+    fitted: Any = None,
 ) -> MemberRecord:
     """Train ``spec`` with test fold ``fold`` held out (or return the cached member).
 
     Uses :func:`naslung.train.run.run_training` (``ensemble.epochs`` epochs, early stopping on the
     validation fold, one test evaluation) and logs a training run to ``tracker`` when one is given. The
     search's latency of the architecture (:func:`selection_latencies`) is reused where its settings match.
+    ``fitted``: the member's :class:`~naslung.train.loop.FitResult` already trained (:func:`prefit_members`);
+    everything else (test evaluation, latency, logging, cache) is as without it.
     """
     key = member_key(spec, fold, data_hash, member_params_hash(params))
     mdir = layout.member_dir(params.ensemble.out_dir, spec.spec_id, fold, key)
@@ -260,6 +286,7 @@ def train_member(
         progress=progress,
         store=store,
         known_latency=selection_latencies(params).get(spec.spec_id),
+        fitted=fitted,
     )
     return _write_member(
         mdir,
@@ -515,11 +542,74 @@ def train_ensemble(
 
     plan = plan_members(params, specs)
     store = PatchStore.open(params.paths.artifacts)
-    records = [
-        train_member(params, spec, fold, plan.data["hash"], tracker=tracker, progress=False, store=store)
-        for fold, spec in tqdm(plan.jobs, desc="ensemble members", unit="member", disable=not progress)
-    ]
+    data_hash = plan.data["hash"]
+    records = []
+    fitted: dict[tuple[int, str], Any] = {}
+    groups = member_groups(params, plan.jobs, data_hash)
+    for fold, spec in tqdm(plan.jobs, desc="ensemble members", unit="member", disable=not progress):
+        group = groups.get((fold, spec.spec_id))
+        if group is not None and (fold, spec.spec_id) not in fitted:
+            fitted = prefit_members(params, group, store)  # the group's first member: train the whole group
+        fit_result = fitted.pop((fold, spec.spec_id), None)
+        records.append(
+            train_member(params, spec, fold, data_hash, tracker=tracker, progress=False, store=store, fitted=fit_result)
+        )
     return write_index(params, plan.specs, records, plan.data)
+
+
+def member_groups(
+    params: Params, jobs: Sequence[tuple[int, AnySpec]], data_hash: str
+) -> dict[tuple[int, str], list[tuple[int, AnySpec]]]:
+    """With ``train.concurrent`` = N > 1: the members still to train (not cached), in plan order, in groups
+    of up to N of one test fold (they share the split's data); ``{(fold, spec_id): its group}``. Empty for
+    N = 1 (one by one, as before)."""
+    n = int(params.train.concurrent)
+    if n <= 1:
+        return {}
+    todo = [
+        (fold, spec)
+        for fold, spec in jobs
+        if load_cached(
+            layout.member_dir(
+                params.ensemble.out_dir,
+                spec.spec_id,
+                fold,
+                member_key(spec, fold, data_hash, member_params_hash(params)),
+            )
+        )
+        is None
+    ]
+    out: dict[tuple[int, str], list[tuple[int, AnySpec]]] = {}
+    group: list[tuple[int, AnySpec]] = []
+    for fold, spec in todo:
+        if group and (len(group) >= n or group[0][0] != fold):
+            group = []
+        group.append((fold, spec))
+        out[(fold, spec.spec_id)] = group
+    return out
+
+
+def prefit_members(params: Params, group: Sequence[tuple[int, AnySpec]], store: Any) -> dict[tuple[int, str], Any]:
+    """The fits of a group of members of one test fold, trained at once
+    (:func:`naslung.train.concurrent.fit_many`: lockstep, one CUDA stream each), each equal to the fit
+    :func:`~naslung.train.run.run_training` would make of it alone (same split, ``ensemble.epochs``, seed
+    ``params.seed``, ``train.device``)."""
+    from naslung.train.concurrent import FitJob, fit_many
+    from naslung.train.loop import resolve_device
+    from naslung.train.protocol import dev_data, make_split
+
+    folds = {fold for fold, _ in group}
+    if len(folds) != 1:
+        raise ValueError(f"prefit_members: a group shares one test fold, got {sorted(folds)}")
+    fold = folds.pop()
+    split = make_split(params.prepare.n_folds, fold, params.seed, params.train.val_folds)
+    dev = dev_data(store, split)
+    jobs = [
+        FitJob(spec, dev.train, dev.val, params.model, params.train, epochs=params.ensemble.epochs, seed=params.seed)
+        for _, spec in group
+    ]
+    results = fit_many(jobs, device=resolve_device(params.train.device))
+    return {(fold, spec.spec_id): r for (_, spec), r in zip(group, results)}
 
 
 def write_index(

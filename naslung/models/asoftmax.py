@@ -87,11 +87,14 @@ class AngleLinear(nn.Module):
             self.weight.copy_(F.normalize(self.weight, dim=0))
 
     def cos_and_norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos θ (N, K)`` in [-1, 1] and ``||x|| (N, 1)``."""
-        w = F.normalize(self.weight, dim=0)
-        xnorm = x.norm(dim=1, keepdim=True)
-        cos = (x @ w) / xnorm.clamp_min(_EPS)
-        return cos.clamp(-1.0, 1.0), xnorm
+        """``cos θ (N, K)`` in [-1, 1] and ``||x|| (N, 1)``, in fp32 also under autocast (``cos(mθ)`` of a
+        bf16 ``cos θ`` would be off by up to ``m² · 2⁻⁸``; the head is a (C x 2) matmul, cheap in fp32)."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            w = F.normalize(self.weight.float(), dim=0)
+            xnorm = x.norm(dim=1, keepdim=True)
+            cos = (x @ w) / xnorm.clamp_min(_EPS)
+            return cos.clamp(-1.0, 1.0), xnorm
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised-weight logits ``||x|| cos θ`` (N, K), used for prediction."""

@@ -288,6 +288,7 @@ def train_candidate(
     epochs: int | None = None,
     device: str | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    fitted: FitResult | None = None,
 ) -> CandidateRecord:
     """Train ``spec`` for ``epochs`` (default ``search.epochs``, fixed: no early stopping) on ``dev`` and score
     its final weights on the pooled validation folds by ``search.objective`` with a bootstrap interval (see
@@ -295,7 +296,8 @@ def train_candidate(
 
     ``latency_value`` is measured beforehand (by the caller, while nothing else trains) in
     ``latency_unit(params.search)``. ``on_epoch`` gets each history row while it trains. ``val_metrics``:
-    :func:`naslung.metrics.binary_metrics` of the scored weights on the validation folds.
+    :func:`naslung.metrics.binary_metrics` of the scored weights on the validation folds. ``fitted``: this
+    very fit already made (:func:`run_candidates` with ``train.concurrent`` > 1); its rows go to ``on_epoch``.
     """
     import torch
 
@@ -308,7 +310,14 @@ def train_candidate(
     dev_name = resolve_device(device or params.train.device)
     n_epochs = int(epochs if epochs is not None else params.search.epochs)
     started = time.time()
-    result, checkpoint = fit_fixed_epochs(spec, dev, params, n_epochs, dev_name, on_epoch)
+    if fitted is not None:
+        result, checkpoint = fitted, "final"
+        started -= float(fitted.seconds)
+        for row in fitted.history:
+            if on_epoch is not None:
+                on_epoch(row)
+    else:
+        result, checkpoint = fit_fixed_epochs(spec, dev, params, n_epochs, dev_name, on_epoch)
     finished = time.time()
     y_val = dev.val[1]
     prob = predict_proba(result.model, dev.val[0], dev_name)
@@ -356,11 +365,41 @@ class CandidateJob:
     parent_run_id: str | None = None
 
 
+def run_candidates(
+    jobs: list[CandidateJob], params: Params, artifacts: str, tracker: Tracker = NULL_TRACKER
+) -> list[CandidateRecord]:
+    """:func:`run_candidate` of each job, in order (a ``train_batch`` of :func:`naslung.search.pop_run.run_pop_search`).
+
+    With ``train.concurrent`` = N > 1 the candidates' fixed-epoch fits are made N at a time first
+    (:func:`naslung.train.concurrent.fit_many`, one CUDA stream each), each equal to its fit alone; each
+    candidate's nested run then gets its epoch rows and result as if it had trained there.
+    """
+    n = int(params.train.concurrent)
+    if n <= 1 or len(jobs) <= 1:
+        return [run_candidate(j, params, artifacts, tracker) for j in jobs]
+    from naslung.train.concurrent import FitJob, fit_in_groups
+    from naslung.train.loop import resolve_device
+
+    dev = load_dev(artifacts, params.prepare.n_folds, params.search.fold, params.seed, params.search.val_folds)
+    epochs = int(params.search.epochs)
+    tp = dataclasses.replace(params.train, patience=max(int(params.train.patience), epochs))
+    fits = fit_in_groups(
+        [
+            FitJob(j.spec, dev.train, dev.val, params.model, tp, epochs=epochs, seed=params.seed, keep="last")
+            for j in jobs
+        ],
+        n,
+        device=resolve_device(params.train.device),
+    )
+    return [run_candidate(j, params, artifacts, tracker, fitted=f) for j, f in zip(jobs, fits)]
+
+
 def run_candidate(
-    job: CandidateJob, params: Params, artifacts: str, tracker: Tracker = NULL_TRACKER
+    job: CandidateJob, params: Params, artifacts: str, tracker: Tracker = NULL_TRACKER, fitted: FitResult | None = None
 ) -> CandidateRecord:
     """Train ``job.spec`` on the search split of ``artifacts`` (:func:`load_dev`, cached per process) inside
-    its nested run under ``job.parent_run_id``; returns the record with its ``run_id``."""
+    its nested run under ``job.parent_run_id``; returns the record with its ``run_id``. ``fitted``: its fit
+    already made (:func:`run_candidates`)."""
     from naslung.train.loop import resolve_device
 
     dev = load_dev(artifacts, params.prepare.n_folds, params.search.fold, params.seed, params.search.val_folds)
@@ -384,7 +423,9 @@ def run_candidate(
         tags={"naslung.iteration": str(job.iteration)},
         artifacts=artifacts,
     ) as run_id:
-        record = train_candidate(spec, dev, params, job.latency, dict(job.latency_detail), on_epoch=tracker.log_epoch)
+        record = train_candidate(
+            spec, dev, params, job.latency, dict(job.latency_detail), on_epoch=tracker.log_epoch, fitted=fitted
+        )
         record.run_id = run_id
         runs.log_candidate_result(tracker, record.to_dict())
     return record

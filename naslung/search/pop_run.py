@@ -6,7 +6,8 @@
 * The POP loop (:func:`naslung.search.pop.run_pop`) runs here; each iteration hands its ``search.batch_size``
   candidates (:class:`~naslung.search.candidate.CandidateJob`) to ``train_batch``, which trains them and
   returns their records in order — the flow submits one Prefect task per candidate (threads or Dask), the
-  default trains them one after the other in this process (:func:`~naslung.search.candidate.run_candidate`).
+  default trains them in this process (:func:`~naslung.search.candidate.run_candidates`: one after the other, or
+  ``train.concurrent`` at a time on one device).
 * Tracking (``tracker``, layout :mod:`naslung.search.runs`): one parent run tagged with the search id, one
   nested run per trained candidate; pruned counts are parent metrics per iteration (step = iteration).
 * Scores: each candidate is scored by ``search.objective`` on the pooled ``search.val_folds`` validation
@@ -41,7 +42,7 @@ from typing import Any
 
 from naslung.params import Params
 from naslung.search import runs
-from naslung.search.candidate import CandidateJob, CandidateRecord, run_candidate
+from naslung.search.candidate import CandidateJob, CandidateRecord, run_candidates
 from naslung.search.pop import Evaluated, IterationLog, PopResult
 from naslung.tracker import NULL_TRACKER, Tracker
 
@@ -107,7 +108,7 @@ def run_pop_search(
     tolerance = latency_tolerance(sp)
     space = SearchSpace.from_params(sp, cbam=params.model.cbam, head=params.model.head)
     size = space.size()
-    train = train_batch or (lambda jobs: [run_candidate(j, params, artifacts, tracker) for j in jobs])
+    train = train_batch or (lambda jobs: run_candidates(list(jobs), params, artifacts, tracker))
     parent = runs.open_search(
         tracker,
         sp.experiment,

@@ -137,6 +137,7 @@ def run_training(
     parent_run_id: str | None = None,
     store: Any = None,
     known_latency: Mapping[int, Mapping[str, Any]] | None = None,
+    fitted: FitResult | None = None,
 ) -> TrainingOutcome:
     """Train ``spec`` with test fold ``fold`` held out; evaluate the test fold once; log the run.
 
@@ -147,6 +148,9 @@ def run_training(
     of the test fold are returned in ``outcome.test.features`` (extracted in the same single touch).
     ``known_latency``: earlier latency measurements of this architecture by batch size (the search's), reused
     when taken with the same settings (:func:`naslung.latency.measure_batches`).
+    ``fitted``: the fit of this spec on this split already made (the same ``fit`` call, e.g. by
+    :func:`naslung.train.concurrent.fit_many` with other members); its history is logged epoch by epoch
+    into the run instead of training here.
     """
     store = store if store is not None else _open_store(params, artifacts)
     dev_seed = params.seed if seed is None else seed
@@ -168,18 +172,23 @@ def run_training(
         if manifest.exists():
             tracker.log_manifest_input(manifest, Path("dvc.lock"))
         tracker.log_dict(spec.to_dict(), "spec.json")
-        result = fit(
-            spec,
-            dev.train,
-            dev.val,
-            params.model,
-            params.train,
-            epochs=n_epochs,
-            seed=dev_seed,
-            device=device,
-            on_epoch=tracker.log_epoch,
-            progress=progress,
-        )
+        if fitted is not None:
+            result = fitted
+            for row in result.history:
+                tracker.log_epoch(row)
+        else:
+            result = fit(
+                spec,
+                dev.train,
+                dev.val,
+                params.model,
+                params.train,
+                epochs=n_epochs,
+                seed=dev_seed,
+                device=device,
+                on_epoch=tracker.log_epoch,
+                progress=progress,
+            )
         model = result.model
         evaluated = test.evaluate(
             lambda X: predict_proba(model, X, device),
