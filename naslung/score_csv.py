@@ -62,7 +62,6 @@ from naslung.scoring_csv.rows import (
     RowResult,
     input_sha256,
     new_run_id,
-    patch_sha256,
     result_columns,
     rows_of,
     take_answers,
@@ -120,8 +119,8 @@ class _Results:
     def answered(self, request: Request) -> None:
         """Take one finished request's answers into its rows (and draw overlays); checkpoint now and then."""
         error = request.error
-        for row, patch in zip(request.rows, request.patches):  # of the uint8 wire form (rows.patch_sha256)
-            row.patch_sha256 = patch_sha256(patch)
+        for row, digest in zip(request.rows, request.patch_sha256):  # hashed in the request's thread
+            row.patch_sha256 = digest
         if error is None:
             self.summary.request_s += request.seconds
             self.devices.update(str(a["device"]) for a in request.answers if isinstance(a, dict) and a.get("device"))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from naslung.scoring import quantise_uint8
-from naslung.scoring_csv.rows import RowResult
+from naslung.scoring_csv.rows import RowResult, wire_sha256
 
 Scorer = Callable[[np.ndarray], list[dict[str, Any]]]
 
@@ -33,11 +33,16 @@ class Request:
     answers: list[dict[str, Any]] = field(default_factory=list)
     error: Exception | None = None
     seconds: float = 0.0
+    patch_sha256: list[str] = field(default_factory=list)
+    """:func:`~naslung.scoring_csv.rows.patch_sha256` of each patch, hashed in the request's thread from the
+    uint8 wire form it quantised once (whatever ``wire`` sends)."""
 
 
 def _run(scorer: Scorer, request: Request, wire: str = "float32") -> Request:
+    quantised = quantise_uint8(request.patches)  # once: the hashed form and, with wire uint8, what is sent
+    request.patch_sha256 = wire_sha256(quantised)
     t = time.perf_counter()
-    request.answers = scorer(quantise_uint8(request.patches) if wire == "uint8" else request.patches)
+    request.answers = scorer(quantised if wire == "uint8" else request.patches)
     request.seconds = time.perf_counter() - t
     return request
 

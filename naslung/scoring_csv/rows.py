@@ -178,8 +178,14 @@ def patch_sha256(patch: np.ndarray) -> str:
     """sha256 hex of a patch's uint8 wire form: :func:`naslung.scoring.quantise_uint8` of the (32, 32, 32)
     [0, 1] float32 patch, (z, y, x), C order, 32768 bytes — the bytes TorchServe scores with
     ``serve.wire: uint8`` (the default; with ``float32`` it is still the hash of this form)."""
-    q = np.ascontiguousarray(quantise_uint8(np.asarray(patch)))
-    return hashlib.sha256(q.tobytes()).hexdigest()
+    return wire_sha256(quantise_uint8(np.asarray(patch)[None]))[0]
+
+
+def wire_sha256(wire: np.ndarray) -> list[str]:
+    """:func:`patch_sha256` of each patch of an already quantised uint8 batch (n, 32, 32, 32), z-y-x."""
+    if wire.dtype != np.uint8:
+        raise TypeError(f"wire_sha256: expected the uint8 wire form, got {wire.dtype}")
+    return [hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest() for q in wire]
 
 
 def rows_of(records: Sequence[Mapping[Any, Any]], points_xyz_mm: np.ndarray) -> list[RowResult]:
