@@ -26,7 +26,14 @@ from naslung.models.factory import build
 from naslung.params import ModelParams, TrainParams, load_params
 from naslung.train.augment import AXIS_ORDERS, AugmentDraw, apply_augment, augment_batch, draw_augment
 from naslung.train.concurrent import FitJob, fit_many
-from naslung.train.loop import eval_batch_size, fit, selection_key, steps_per_epoch
+from naslung.train.loop import (
+    eval_batch_size,
+    fit,
+    predict_proba,
+    resolve_memory_format,
+    selection_key,
+    steps_per_epoch,
+)
 from naslung.train.parity import PARITY_FORWARD_TOL, PARITY_TRAINED_TOL, precision_parity
 from naslung.train.precision import resolve_precision
 
@@ -139,10 +146,38 @@ def test_cpu_fit_is_bitwise_the_plain_loop_it_replaced(data: dict[str, Any], hea
     the snapshot of the old code's histories and weights on these three cases equals the new ones."""
     spec = model1(head=head, cbam=cbam)
     ref_model, ref_hist, ref_best = _reference_fit(spec, data["train"], data["val"], tp, seed=3)
-    got = fit(spec, data["train"], data["val"], ModelParams(), tp, seed=3)
+    got = fit(
+        spec, data["train"], data["val"], ModelParams(), dataclasses.replace(tp, memory_format="contiguous"), seed=3
+    )
     assert got.precision == "fp32" and got.best_epoch == ref_best
     assert _same_rows(got.history, ref_hist)
     assert _same_state(got.model, ref_model)
+
+
+def test_channels_last_training_changes_only_the_rounding(data: dict[str, Any]) -> None:
+    """``train.memory_format`` auto is channels-last-3d on CPU: deterministic (two fits bitwise equal), the
+    model comes back in the contiguous layout, and losses and validation probabilities agree with the
+    contiguous (bitwise plain-loop) fit to rounding. Fails if the layout leaks out of ``fit``, if a batch
+    is laid out unlike the weights in a way that changes values, or if auto stops picking channels-last."""
+    spec = model1(head="asoftmax", cbam=True)
+    assert resolve_memory_format("auto", "cpu") == torch.channels_last_3d
+    assert resolve_memory_format("auto", "cuda") == torch.contiguous_format
+    with pytest.raises(ValueError, match="memory_format"):
+        resolve_memory_format("nhwc", "cpu")
+    plain = fit(
+        spec, data["train"], data["val"], ModelParams(), dataclasses.replace(TP, memory_format="contiguous"), seed=3
+    )
+    runs = [fit(spec, data["train"], data["val"], ModelParams(), TP, seed=3) for _ in range(2)]
+    assert TP.memory_format == "auto" and _same_state(runs[0].model, runs[1].model)
+    assert _same_rows(runs[0].history, runs[1].history)
+    got = runs[0]
+    assert all(p.is_contiguous() for p in got.model.parameters())
+    assert not _same_state(got.model, plain.model)  # a different layout really ran (other rounding)
+    for r, q in zip(got.history, plain.history, strict=True):
+        assert abs(r["train_loss"] - q["train_loss"]) <= 2e-3 * q["train_loss"], (r, q)
+        assert abs(r["val_loss"] - q["val_loss"]) <= 2e-3 * q["val_loss"], (r, q)
+    p, q = predict_proba(got.model, data["val"][0]), predict_proba(plain.model, data["val"][0])
+    assert float(np.abs(p - q).max()) <= 1e-3
 
 
 def test_host_reads_do_not_grow_with_the_steps(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
