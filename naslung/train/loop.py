@@ -278,6 +278,7 @@ class _Trainer:
         torch.manual_seed(seed)
         self.model = build(spec, margin_m=model_params.margin_m).to(device)
         if self.layout != torch.contiguous_format:
+            # the weights only: a one-channel batch (N, 1, D, H, W) is already channels-last-contiguous
             self.model = self.model.to(memory_format=self.layout)  # type: ignore[call-overload]
         steps = n_epochs * steps_per_epoch(Xtr.shape[0], self.bs)
         self.loss_fn = build_loss(spec, model_params, total_steps=steps).to(device)
@@ -361,9 +362,7 @@ class _Trainer:
         for start, stop in spans:
             with self._on_stream():
                 idx = order[start:stop]
-                xb = self._laid_out(
-                    apply_augment(self.Xtr[idx], None if aug is None else aug.rows(start, stop), tp.pad)
-                )
+                xb = apply_augment(self.Xtr[idx], None if aug is None else aug.rows(start, stop), tp.pad)
                 yb = self.ytr[idx]
                 self.opt.zero_grad(set_to_none=True)
                 with autocast(self.device, self.precision):
@@ -390,10 +389,6 @@ class _Trainer:
         val_prob = host[2:].float().numpy()
         self._record(t0, float(host[0]) / max(seen, 1), val_loss, val_prob)
 
-    def _laid_out(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch (N, 1, D, H, W) in the training layout (no copy when contiguous is the layout)."""
-        return x if self.layout == torch.contiguous_format else x.contiguous(memory_format=self.layout)
-
     @torch.no_grad()
     def _launch_eval(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Validation pass on the device: (sum of loss · n in float64, probabilities) — not read back here.
@@ -405,7 +400,7 @@ class _Trainer:
         probs = []
         forward_train = cast(_TensorFn, model.forward_train)
         for i in range(0, self.Xva.shape[0], self.eval_bs):
-            xb, yb = self._laid_out(self.Xva[i : i + self.eval_bs]), self.yva[i : i + self.eval_bs]
+            xb, yb = self.Xva[i : i + self.eval_bs], self.yva[i : i + self.eval_bs]
             with autocast(self.device, self.precision):
                 out = forward_train(xb)
             out = fp32_outputs(out)
